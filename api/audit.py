@@ -1,0 +1,52 @@
+"""``/api/v1/admin/audit-logs``: the trail of operator actions."""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, Field
+
+from api.keys import AUDIT
+from api.models import Page, PageQuery
+from api.routing import Routes
+from storage.audit import AuditFilter
+
+routes = Routes("audit")
+
+
+class AuditQuery(PageQuery):
+    user_id: int | None = Field(None, ge=0)
+    method: Literal["POST", "PUT", "PATCH", "DELETE"] | None = None
+    path: str | None = Field(None, max_length=512, description="path prefix")
+    since: AwareDatetime | None = Field(None, alias="from", description="inclusive, RFC 3339")
+    until: AwareDatetime | None = Field(None, alias="to", description="exclusive, RFC 3339")
+
+
+class AuditLogItem(BaseModel):
+    id: int
+    user_id: int | None
+    username: str | None
+    tenant_id: int | None
+    ip: str | None
+    method: str
+    path: str
+    body: Any = Field(description="request body with secrets replaced by \"***\"")
+    status: int
+    trace_id: str
+    duration_ms: float
+    created_at: AwareDatetime
+
+
+@routes.get("/api/v1/admin/audit-logs", access="audit:read", summary="List audit records",
+            query=AuditQuery, response=Page[AuditLogItem],
+            description="Newest first. Every POST/PUT/PATCH/DELETE is recorded, failed ones "
+                        "included; agent traffic is not.")
+async def list_audit_logs(request: web.Request, query: AuditQuery) -> Page[AuditLogItem]:
+    flt = AuditFilter(user_id=query.user_id, method=query.method, path_prefix=query.path,
+                      since=query.since, until=query.until)
+    result = await request.app[AUDIT].page(flt, page=query.page, page_size=query.page_size)
+    return Page[AuditLogItem](
+        list=[AuditLogItem.model_validate(dict(row)) for row in result.rows],
+        total=result.total, page=query.page, page_size=query.page_size,
+    )

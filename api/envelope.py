@@ -1,0 +1,80 @@
+"""The response envelope of CONTRACT.md §1 and request parsing into models.
+
+``{"code": 0, "msg": "ok", "data": ..., "traceId": "..."}``: the data part is encoded
+by pydantic straight to JSON bytes and spliced in, so no response is encoded twice.
+"""
+
+from __future__ import annotations
+
+from typing import Any, TypeVar
+
+import orjson
+from aiohttp import web
+from pydantic import BaseModel, ValidationError
+
+from api.keys import TRACE_ID
+from services.errors import ErrorCode, Malformed, ValidationFailed
+
+M = TypeVar("M", bound=BaseModel)
+
+JSON = "application/json"
+
+
+def envelope_bytes(code: int, msg: str, data_json: bytes, trace_id: str) -> bytes:
+    return b"".join((
+        b'{"code":', str(code).encode(), b',"msg":', orjson.dumps(msg),
+        b',"data":', data_json, b',"traceId":', orjson.dumps(trace_id), b"}",
+    ))
+
+
+def json_response(request: web.Request, data_json: bytes, *, msg: str = "ok") -> web.Response:
+    body = envelope_bytes(0, msg, data_json, request.get(TRACE_ID, ""))
+    return web.Response(body=body, content_type=JSON)
+
+
+def error_response(request: web.Request, code: ErrorCode, msg: str, data: Any = None,
+                   headers: dict[str, str] | None = None) -> web.Response:
+    body = envelope_bytes(int(code), msg, orjson.dumps(data), request.get(TRACE_ID, ""))
+    return web.Response(status=code.http_status, body=body, content_type=JSON, headers=headers)
+
+
+def field_path(loc: tuple[int | str, ...]) -> str:
+    """``("machine_ids", 1)`` -> ``"machine_ids[1]"``, as CONTRACT.md names fields."""
+    path = ""
+    for part in loc:
+        if isinstance(part, int):
+            path += f"[{part}]"
+        else:
+            path += f".{part}" if path else str(part)
+    return path
+
+
+def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
+    return [
+        {"field": field_path(err["loc"]), "message": err["msg"]}
+        for err in exc.errors(include_url=False, include_input=False)
+    ]
+
+
+async def parse_body(request: web.Request, model: type[M]) -> M:
+    raw = await request.read()
+    if not raw:
+        raw = b"{}"
+    elif request.content_type != JSON:
+        raise Malformed(f"expected Content-Type {JSON}")
+    try:
+        return model.model_validate_json(raw)
+    except ValidationError as exc:
+        kinds = {err["type"] for err in exc.errors()}
+        if "json_invalid" in kinds:
+            raise Malformed("malformed JSON") from None
+        if "model_type" in kinds and all(err["loc"] == () for err in exc.errors()):
+            raise Malformed("expected a JSON object") from None
+        raise ValidationFailed(validation_errors(exc)) from None
+
+
+def parse_query(request: web.Request, model: type[M]) -> M:
+    try:
+        return model.model_validate(dict(request.query))
+    except ValidationError as exc:
+        raise ValidationFailed(validation_errors(exc)) from None

@@ -1,0 +1,143 @@
+"""The OpenAPI 3.1 document, generated from the route declarations and their models."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from pydantic import TypeAdapter
+
+from api.routing import PUBLIC, Endpoint
+from services.errors import ErrorCode
+
+_REF_TEMPLATE = "#/components/schemas/{model}"
+_PATH_PARAM = re.compile(r"{(\w+)(?::[^}]+)?}")
+
+_ERROR_SCHEMA = {
+    "type": "object",
+    "required": ["code", "msg", "data", "traceId"],
+    "properties": {
+        "code": {"type": "integer", "description": "contract error code, e.g. 40001"},
+        "msg": {"type": "string"},
+        "data": {"description": "details; for 40001 `{errors: [{field, message}]}`"},
+        "traceId": {"type": "string"},
+    },
+}
+
+
+class _Schemas:
+    """Collects component schemas; one model name must always mean one schema."""
+
+    def __init__(self) -> None:
+        self.components: dict[str, Any] = {"Error": _ERROR_SCHEMA}
+
+    def schema_of(self, type_: Any, mode: str) -> dict[str, Any]:
+        schema = TypeAdapter(type_).json_schema(ref_template=_REF_TEMPLATE, mode=mode)
+        for name, definition in schema.pop("$defs", {}).items():
+            known = self.components.setdefault(name, definition)
+            if known != definition:
+                raise RuntimeError(f"two different schemas are both named {name!r}")
+        return schema
+
+
+def build_document(endpoints: list[Endpoint], *, title: str, version: str) -> dict[str, Any]:
+    schemas = _Schemas()
+    paths: dict[str, dict[str, Any]] = {}
+    for endpoint in endpoints:
+        path = _PATH_PARAM.sub(r"{\1}", endpoint.path)
+        paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, schemas)
+    return {
+        "openapi": "3.1.0",
+        "info": {
+            "title": title,
+            "version": version,
+            "description": "Every JSON response uses the envelope "
+                           "`{code, msg, data, traceId}`; errors carry a real HTTP status and "
+                           "a non-zero `code` (see CONTRACT.md §1).",
+        },
+        "paths": paths,
+        "components": {
+            "schemas": schemas.components,
+            "securitySchemes": {
+                "bearerAuth": {"type": "http", "scheme": "bearer", "bearerFormat": "JWT"},
+            },
+        },
+    }
+
+
+def _operation(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
+    operation: dict[str, Any] = {
+        "operationId": f"{endpoint.tag}.{endpoint.name}",
+        "summary": endpoint.summary,
+        "tags": [endpoint.tag],
+        "security": [] if endpoint.access == PUBLIC else [{"bearerAuth": []}],
+        "x-access": endpoint.access,
+        "responses": {"200": _success(endpoint, schemas), **_failures(endpoint)},
+    }
+    if endpoint.description:
+        operation["description"] = endpoint.description
+    parameters = _path_parameters(endpoint.path)
+    if endpoint.query is not None:
+        parameters += _query_parameters(endpoint.query, schemas)
+    if parameters:
+        operation["parameters"] = parameters
+    if endpoint.body is not None:
+        operation["requestBody"] = {
+            "required": True,
+            "content": {"application/json": {"schema": schemas.schema_of(endpoint.body,
+                                                                         "validation")}},
+        }
+    return operation
+
+
+def _success(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
+    if endpoint.raw_content_type is not None:
+        return {"description": "OK", "content": {endpoint.raw_content_type: {}}}
+    data = schemas.schema_of(endpoint.response, "serialization")
+    envelope = {
+        "type": "object",
+        "required": ["code", "msg", "data", "traceId"],
+        "properties": {
+            "code": {"type": "integer", "const": 0},
+            "msg": {"type": "string", "examples": [endpoint.message]},
+            "data": data,
+            "traceId": {"type": "string"},
+        },
+    }
+    return {"description": endpoint.message, "content": {"application/json": {"schema": envelope}}}
+
+
+def _failures(endpoint: Endpoint) -> dict[str, Any]:
+    by_status: dict[int, list[ErrorCode]] = {}
+    for code in endpoint.failure_codes:
+        by_status.setdefault(code.http_status, []).append(code)
+    responses = {}
+    for status, codes in sorted(by_status.items()):
+        responses[str(status)] = {
+            "description": "; ".join(f"{int(c)}: {c.default_message}" for c in codes),
+            "content": {"application/json": {"schema": {
+                "allOf": [{"$ref": "#/components/schemas/Error"}],
+                "properties": {"code": {"enum": [int(c) for c in codes]}},
+            }}},
+        }
+    return responses
+
+
+def _path_parameters(path: str) -> list[dict[str, Any]]:
+    return [
+        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
+        for name in _PATH_PARAM.findall(path)
+    ]
+
+
+def _query_parameters(model: Any, schemas: _Schemas) -> list[dict[str, Any]]:
+    schema = schemas.schema_of(model, "validation")
+    required = set(schema.get("required", ()))
+    parameters = []
+    for name, prop in schema.get("properties", {}).items():
+        parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in required,
+                                     "schema": prop}
+        if "description" in prop:
+            parameter["description"] = prop["description"]
+        parameters.append(parameter)
+    return parameters

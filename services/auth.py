@@ -1,0 +1,164 @@
+"""Logins, token refresh with rotation and reuse detection, logout, and per-request
+authentication of access tokens."""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.errors import ErrorCode, RateLimited, ServiceError, Unauthenticated
+from services.passwords import PasswordHasher
+from services.tokens import AccessTokens, new_opaque_token, token_hash
+from storage import sessions, users
+from storage.cache import Keys
+from storage.ratelimit import FailureCounter
+from storage.revocations import DISABLED, Revocations
+
+log = logging.getLogger(__name__)
+
+# Per-IP failures allowed, as a multiple of the per-username limit (CONTRACT.md §2).
+IP_LIMIT_FACTOR = 5
+
+
+@dataclass(frozen=True, slots=True)
+class Principal:
+    """The authenticated caller of one request."""
+
+    user_id: int
+    username: str
+    tenant_id: int
+    role: str
+    permissions: frozenset[str]
+    sid: str
+    jti: str
+    expires_at: int
+
+
+@dataclass(frozen=True, slots=True)
+class TokenPair:
+    access_token: str
+    refresh_token: str
+    expires_in: int
+
+
+class AuthService:
+    def __init__(
+        self,
+        *,
+        pool: asyncpg.Pool,
+        revocations: Revocations,
+        failures: FailureCounter,
+        keys: Keys,
+        hasher: PasswordHasher,
+        access_tokens: AccessTokens,
+        permissions_by_role: dict[str, frozenset[str]],
+        refresh_ttl_s: int,
+        login_max_failures: int,
+        login_window_s: int,
+    ) -> None:
+        self._pool = pool
+        self._revocations = revocations
+        self._failures = failures
+        self._keys = keys
+        self._hasher = hasher
+        self._access = access_tokens
+        self._permissions = permissions_by_role
+        self._refresh_ttl_s = refresh_ttl_s
+        self._max_failures = login_max_failures
+        self._window_s = login_window_s
+
+    def permissions_of(self, role: str) -> frozenset[str]:
+        return self._permissions.get(role, frozenset())
+
+    async def login(self, username: str, password: str, client_ip: str) -> TokenPair:
+        user_key = self._keys.login_failures_user(username)
+        ip_key = self._keys.login_failures_ip(client_ip)
+        retry_after = await self._failures.retry_after(
+            [(user_key, self._max_failures), (ip_key, self._max_failures * IP_LIMIT_FACTOR)]
+        )
+        if retry_after is not None:
+            raise RateLimited(retry_after)
+        user = await users.by_username(self._pool, username)
+        if not await self._hasher.verify(user.password_hash if user else None, password):
+            await self._failures.record([user_key, ip_key], self._window_s)
+            raise ServiceError(code=ErrorCode.BAD_CREDENTIALS)
+        assert user is not None
+        if user.status != "active" or user.tenant_status != "active":
+            raise ServiceError(code=ErrorCode.DISABLED)
+        await self._failures.reset(user_key)
+        sid = uuid.uuid4()
+        refresh_token = new_opaque_token()
+        async with self._pool.acquire() as conn, conn.transaction():
+            await sessions.insert(conn, session_id=sid, user_id=user.id,
+                                  token_hash=token_hash(refresh_token), ttl_s=self._refresh_ttl_s)
+            await users.touch_login(conn, user.id)
+        return self._pair(user, sid, refresh_token)
+
+    async def refresh(self, refresh_token: str) -> TokenPair:
+        outcome: ServiceError | None = None
+        reused_sid: uuid.UUID | None = None
+        new_token = new_opaque_token()
+        async with self._pool.acquire() as conn, conn.transaction():
+            row = await sessions.lock_by_hash(conn, token_hash(refresh_token))
+            if row is None or row.revoked or row.expired:
+                raise ServiceError(code=ErrorCode.BAD_REFRESH_TOKEN)
+            if row.used:
+                # A used token coming back means it leaked: end the whole login.
+                await sessions.revoke_session(conn, row.session_id, "reuse")
+                reused_sid = row.session_id
+                outcome = ServiceError(code=ErrorCode.BAD_REFRESH_TOKEN)
+            else:
+                user = await users.by_id(conn, row.user_id)
+                if user is None or user.status != "active" or user.tenant_status != "active":
+                    raise ServiceError(code=ErrorCode.DISABLED)
+                await sessions.mark_used(conn, row.id)
+                await sessions.insert(conn, session_id=row.session_id, user_id=user.id,
+                                      token_hash=token_hash(new_token),
+                                      ttl_s=self._refresh_ttl_s)
+        if outcome is not None:
+            assert reused_sid is not None
+            log.warning("refresh token reused; session revoked", extra={"sid": str(reused_sid)})
+            await self._revocations.revoke(jti=None, sids=[str(reused_sid)],
+                                           ttl_s=self._access.ttl_s)
+            raise outcome
+        return self._pair(user, row.session_id, new_token)
+
+    async def logout(self, principal: Principal, refresh_token: str | None) -> None:
+        sids = {principal.sid}
+        if refresh_token:
+            other = await sessions.session_of_hash(self._pool, token_hash(refresh_token),
+                                                   principal.user_id)
+            if other is not None:
+                sids.add(str(other))
+        for sid in sids:
+            await sessions.revoke_session_of_user(self._pool, uuid.UUID(sid), principal.user_id,
+                                                  "logout")
+        await self._revocations.revoke(jti=principal.jti, sids=sids, ttl_s=self._access.ttl_s)
+
+    async def authenticate(self, token: str) -> Principal:
+        claims = self._access.decode(token)
+        state = await self._revocations.state(jti=claims.jti, sid=claims.sid,
+                                              user_id=claims.user_id, tenant_id=claims.tenant_id)
+        if state == DISABLED:
+            raise ServiceError(code=ErrorCode.DISABLED)
+        if state is not None:
+            raise Unauthenticated("token revoked")
+        return Principal(
+            user_id=claims.user_id,
+            username=claims.username,
+            tenant_id=claims.tenant_id,
+            role=claims.role,
+            permissions=self.permissions_of(claims.role),
+            sid=claims.sid,
+            jti=claims.jti,
+            expires_at=claims.expires_at,
+        )
+
+    def _pair(self, user: users.User, sid: uuid.UUID, refresh_token: str) -> TokenPair:
+        access = self._access.issue(user_id=user.id, username=user.username,
+                                    tenant_id=user.tenant_id, role=user.role, sid=str(sid))
+        return TokenPair(access_token=access, refresh_token=refresh_token,
+                         expires_in=self._access.ttl_s)

@@ -1,0 +1,172 @@
+"""Settings: read once from ``REMOTEGPU_*`` environment variables into a frozen object.
+
+Every setting is declared once in ``SPECS`` with its default, unit and meaning; the README
+table is checked against this list by a test, so the two cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import secrets
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+MIN_JWT_SECRET_BYTES = 32
+
+
+class SettingsError(ValueError):
+    """A setting has a value the hub cannot run with; the message names the variable."""
+
+
+def _bool(raw: str) -> bool:
+    value = raw.strip().lower()
+    if value in {"1", "true", "yes", "on"}:
+        return True
+    if value in {"0", "false", "no", "off", ""}:
+        return False
+    raise ValueError("expected 0/1, true/false, yes/no or on/off")
+
+
+def _positive_int(raw: str) -> int:
+    value = int(raw)
+    if value <= 0:
+        raise ValueError("expected a positive integer")
+    return value
+
+
+def _non_negative_int(raw: str) -> int:
+    value = int(raw)
+    if value < 0:
+        raise ValueError("expected a non-negative integer")
+    return value
+
+
+def _positive_float(raw: str) -> float:
+    value = float(raw)
+    if not value > 0:
+        raise ValueError("expected a positive number")
+    return value
+
+
+def _log_level(raw: str) -> str:
+    value = raw.strip().upper()
+    if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
+        raise ValueError("expected DEBUG, INFO, WARNING, ERROR or CRITICAL")
+    return value
+
+
+def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]:
+    parts = [p.strip() for p in raw.split(",") if p.strip()]
+    return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
+
+
+def _text(raw: str) -> str:
+    return raw
+
+
+def _redis_prefix(raw: str) -> str:
+    if not raw or any(c.isspace() for c in raw):
+        raise ValueError("expected a non-empty prefix without spaces")
+    return raw
+
+
+@dataclass(frozen=True)
+class Spec:
+    field: str
+    env: str
+    default: str
+    parse: Callable[[str], Any]
+    doc: str
+
+
+SPECS: tuple[Spec, ...] = (
+    Spec("database_url", "REMOTEGPU_DATABASE_URL",
+         "postgresql://postgres@127.0.0.1:5432/remotegpu", _text, "asyncpg DSN"),
+    Spec("redis_url", "REMOTEGPU_REDIS_URL", "redis://127.0.0.1:6379/0", _text, "Redis URL"),
+    Spec("redis_prefix", "REMOTEGPU_REDIS_PREFIX", "rgpu:", _redis_prefix,
+         "prefix of every Redis key and pub/sub channel of this deployment"),
+    Spec("jwt_secret", "REMOTEGPU_JWT_SECRET", "", _text,
+         "HS256 key, at least 32 bytes; required unless REMOTEGPU_DEV=1"),
+    Spec("dev", "REMOTEGPU_DEV", "0", _bool,
+         "development conveniences (a generated JWT secret, verbose errors in logs)"),
+    Spec("log_level", "REMOTEGPU_LOG_LEVEL", "INFO", _log_level, "log level"),
+    Spec("access_token_ttl_s", "REMOTEGPU_ACCESS_TOKEN_TTL_S", "3600", _positive_int,
+         "access token lifetime, seconds"),
+    Spec("refresh_token_ttl_s", "REMOTEGPU_REFRESH_TOKEN_TTL_S", "2592000", _positive_int,
+         "refresh token lifetime, seconds"),
+    Spec("trusted_proxies", "REMOTEGPU_TRUSTED_PROXIES", "", _networks,
+         "comma-separated CIDRs whose X-Forwarded-For is believed"),
+    Spec("login_max_failures", "REMOTEGPU_LOGIN_MAX_FAILURES", "10", _positive_int,
+         "failed logins per username per window (per client IP: 5x)"),
+    Spec("login_window_s", "REMOTEGPU_LOGIN_WINDOW_S", "300", _positive_int,
+         "login rate-limit window, seconds"),
+    Spec("max_body_bytes", "REMOTEGPU_MAX_BODY_BYTES", "1048576", _positive_int,
+         "largest JSON request body, bytes (larger: 413)"),
+    Spec("db_pool_min", "REMOTEGPU_DB_POOL_MIN", "2", _non_negative_int,
+         "PostgreSQL pool: connections kept open"),
+    Spec("db_pool_max", "REMOTEGPU_DB_POOL_MAX", "20", _positive_int,
+         "PostgreSQL pool: most connections"),
+    Spec("audit_flush_interval_s", "REMOTEGPU_AUDIT_FLUSH_INTERVAL_S", "0.5", _positive_float,
+         "longest time an audit record waits in memory before it is written, seconds"),
+    Spec("audit_queue_max", "REMOTEGPU_AUDIT_QUEUE_MAX", "100000", _positive_int,
+         "audit records held in memory while PostgreSQL is unreachable (beyond: dropped and "
+         "counted)"),
+    Spec("shutdown_grace_s", "REMOTEGPU_SHUTDOWN_GRACE_S", "10", _positive_float,
+         "time given to open requests and buffers on SIGTERM, seconds"),
+    Spec("argon2_time_cost", "REMOTEGPU_ARGON2_TIME_COST", "3", _positive_int,
+         "argon2id passes"),
+    Spec("argon2_memory_kib", "REMOTEGPU_ARGON2_MEMORY_KIB", "65536", _positive_int,
+         "argon2id memory, KiB"),
+)
+
+
+@dataclass(frozen=True)
+class Settings:
+    database_url: str
+    redis_url: str
+    redis_prefix: str
+    jwt_secret: str
+    dev: bool
+    log_level: str
+    access_token_ttl_s: int
+    refresh_token_ttl_s: int
+    trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
+    login_max_failures: int
+    login_window_s: int
+    max_body_bytes: int
+    db_pool_min: int
+    db_pool_max: int
+    audit_flush_interval_s: float
+    audit_queue_max: int
+    shutdown_grace_s: float
+    argon2_time_cost: int
+    argon2_memory_kib: int
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str]) -> Settings:
+        values: dict[str, Any] = {}
+        for spec in SPECS:
+            raw = environ.get(spec.env, spec.default)
+            try:
+                values[spec.field] = spec.parse(raw)
+            except ValueError as exc:
+                shown = "<hidden>" if spec.field == "jwt_secret" else repr(raw)
+                raise SettingsError(f"{spec.env}={shown}: {exc}") from None
+        values["jwt_secret"] = _checked_secret(values["jwt_secret"], values["dev"])
+        if values["db_pool_min"] > values["db_pool_max"]:
+            raise SettingsError("REMOTEGPU_DB_POOL_MIN: must not exceed REMOTEGPU_DB_POOL_MAX")
+        return cls(**values)
+
+
+def _checked_secret(secret: str, dev: bool) -> str:
+    if len(secret.encode()) >= MIN_JWT_SECRET_BYTES:
+        return secret
+    if dev:
+        return secrets.token_urlsafe(48)
+    if not secret:
+        raise SettingsError(
+            "REMOTEGPU_JWT_SECRET: required (at least 32 bytes); set REMOTEGPU_DEV=1 to use "
+            "a generated one for development"
+        )
+    raise SettingsError(f"REMOTEGPU_JWT_SECRET: too short, at least {MIN_JWT_SECRET_BYTES} bytes")

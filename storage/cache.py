@@ -1,0 +1,52 @@
+"""Redis: the client and every key name the hub uses, in one place.
+
+All keys and channels start with the deployment's prefix, so several deployments (or a
+test run) can share one Redis server without seeing each other's data.
+"""
+
+from __future__ import annotations
+
+import redis.asyncio as redis
+from redis import exceptions as redis_errors
+
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+)
+
+
+def create_client(url: str) -> redis.Redis:
+    return redis.Redis.from_url(
+        url,
+        decode_responses=False,
+        socket_connect_timeout=5,
+        socket_timeout=5,
+        health_check_interval=30,
+    )
+
+
+class Keys:
+    def __init__(self, prefix: str) -> None:
+        self.prefix = prefix
+
+    def revoked_token(self, jti: str) -> str:
+        return f"{self.prefix}auth:revoked:jti:{jti}"
+
+    def revoked_session(self, sid: str) -> str:
+        return f"{self.prefix}auth:revoked:sid:{sid}"
+
+    def disabled_user(self, user_id: int) -> str:
+        return f"{self.prefix}auth:disabled:user:{user_id}"
+
+    def disabled_tenant(self, tenant_id: int) -> str:
+        return f"{self.prefix}auth:disabled:tenant:{tenant_id}"
+
+    def disabled_pattern(self) -> str:
+        return f"{self.prefix}auth:disabled:*"
+
+    def login_failures_user(self, username: str) -> str:
+        return f"{self.prefix}auth:login-failures:user:{username.lower()}"
+
+    def login_failures_ip(self, ip: str) -> str:
+        return f"{self.prefix}auth:login-failures:ip:{ip}"

@@ -1,0 +1,88 @@
+"""PostgreSQL pool: UTC sessions and orjson-backed json/jsonb codecs."""
+
+from __future__ import annotations
+
+from typing import Any, Protocol
+
+import asyncpg
+import orjson
+
+# Errors that mean "the database is unreachable right now", as opposed to a bug or a
+# constraint violation; the API answers them with 503.
+UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
+    OSError,
+    TimeoutError,
+    asyncpg.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.TooManyConnectionsError,
+)
+
+
+def _encode_jsonb(value: object) -> bytes:
+    return b"\x01" + orjson.dumps(value)  # jsonb's binary format: a version byte, then text
+
+
+def _decode_jsonb(data: bytes) -> object:
+    return orjson.loads(data[1:])
+
+
+async def _init_connection(conn: asyncpg.Connection) -> None:
+    # Binary codecs: they also serve COPY, which has no text path for json.
+    await conn.set_type_codec("json", encoder=orjson.dumps, decoder=orjson.loads,
+                              schema="pg_catalog", format="binary")
+    await conn.set_type_codec("jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb,
+                              schema="pg_catalog", format="binary")
+
+
+async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+    return await asyncpg.create_pool(
+        dsn,
+        min_size=min_size,
+        max_size=max_size,
+        init=_init_connection,
+        # Month arithmetic on timestamptz follows the session time zone.
+        server_settings={"timezone": "UTC", "application_name": "remotegpu-hub"},
+        command_timeout=30,
+    )
+
+
+class Executor(Protocol):
+    """A pool or a connection: what the repository functions run their SQL on."""
+
+    async def execute(self, query: str, *args: Any, timeout: float | None = None) -> str: ...
+
+    async def fetch(
+        self, query: str, *args: Any, timeout: float | None = None
+    ) -> list[asyncpg.Record]: ...
+
+    async def fetchrow(
+        self, query: str, *args: Any, timeout: float | None = None
+    ) -> asyncpg.Record | None: ...
+
+    async def fetchval(
+        self, query: str, *args: Any, column: int = 0, timeout: float | None = None
+    ) -> Any: ...
+
+
+class Where:
+    """A WHERE clause assembled from fixed fragments; every value is a bound parameter.
+
+    Each fragment is a constant with ``{}`` where its parameter goes, e.g. ``"status = {}"``.
+    """
+
+    def __init__(self) -> None:
+        self._clauses: list[str] = []
+        self.args: list[Any] = []
+
+    def add(self, fragment: str, value: Any) -> None:
+        self.args.append(value)
+        self._clauses.append(fragment.format(f"${len(self.args)}"))
+
+    def param(self, value: Any) -> str:
+        """Bind a value used outside the WHERE clause (LIMIT, OFFSET); returns its $n."""
+        self.args.append(value)
+        return f"${len(self.args)}"
+
+    @property
+    def sql(self) -> str:
+        return " WHERE " + " AND ".join(self._clauses) if self._clauses else ""

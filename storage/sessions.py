@@ -1,0 +1,78 @@
+"""Refresh tokens, grouped by login session (``session_id``); only SHA-256 hashes are kept."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from uuid import UUID
+
+import asyncpg
+
+from storage.db import Executor
+
+
+@dataclass(frozen=True, slots=True)
+class RefreshToken:
+    id: int
+    session_id: UUID
+    user_id: int
+    expired: bool
+    used: bool
+    revoked: bool
+
+
+_INSERT = """
+INSERT INTO refresh_tokens (session_id, user_id, token_hash, expires_at)
+VALUES ($1, $2, $3, now() + make_interval(secs => $4))
+"""
+_LOCK_BY_HASH = """
+SELECT id, session_id, user_id, expires_at <= now() AS expired,
+       used_at IS NOT NULL AS used, revoked_at IS NOT NULL AS revoked
+FROM refresh_tokens WHERE token_hash = $1
+FOR UPDATE
+"""
+_MARK_USED = "UPDATE refresh_tokens SET used_at = now() WHERE id = $1"
+_REVOKE_SESSION = """
+UPDATE refresh_tokens SET revoked_at = now(), revoke_reason = $2
+WHERE session_id = $1 AND revoked_at IS NULL
+"""
+_REVOKE_USER_SESSION = """
+UPDATE refresh_tokens SET revoked_at = now(), revoke_reason = $3
+WHERE session_id = $1 AND user_id = $2 AND revoked_at IS NULL
+"""
+_REVOKE_USERS = """
+UPDATE refresh_tokens SET revoked_at = now(), revoke_reason = $2
+WHERE user_id = ANY($1::bigint[]) AND revoked_at IS NULL
+"""
+_SESSION_OF_HASH = "SELECT session_id FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2"
+
+
+async def insert(db: Executor, *, session_id: UUID, user_id: int, token_hash: bytes,
+                 ttl_s: int) -> None:
+    await db.execute(_INSERT, session_id, user_id, token_hash, float(ttl_s))
+
+
+async def lock_by_hash(conn: asyncpg.Connection, token_hash: bytes) -> RefreshToken | None:
+    """The token row, locked until the caller's transaction ends (serialises rotations)."""
+    row = await conn.fetchrow(_LOCK_BY_HASH, token_hash)
+    return RefreshToken(**dict(row)) if row is not None else None
+
+
+async def mark_used(db: Executor, token_id: int) -> None:
+    await db.execute(_MARK_USED, token_id)
+
+
+async def revoke_session(db: Executor, session_id: UUID, reason: str) -> None:
+    await db.execute(_REVOKE_SESSION, session_id, reason)
+
+
+async def revoke_session_of_user(db: Executor, session_id: UUID, user_id: int,
+                                 reason: str) -> None:
+    await db.execute(_REVOKE_USER_SESSION, session_id, user_id, reason)
+
+
+async def revoke_users(db: Executor, user_ids: list[int], reason: str) -> None:
+    await db.execute(_REVOKE_USERS, user_ids, reason)
+
+
+async def session_of_hash(db: Executor, token_hash: bytes, user_id: int) -> UUID | None:
+    return await db.fetchval(_SESSION_OF_HASH, token_hash, user_id)
