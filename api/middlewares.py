@@ -76,7 +76,7 @@ async def trace(request: web.Request, handler: Handler) -> web.StreamResponse:
         elapsed = time.perf_counter() - started
         request.app[METRICS].observe(request.method, _route_label(request), status, elapsed)
         log.info("request", extra={
-            "method": request.method, "path": request.path, "status": status,
+            "trace_id": trace_id, "method": request.method, "path": request.path, "status": status,
             "duration_ms": round(elapsed * 1000, 2), "remote": client_ip(request),
         })
         trace_id_var.reset(token)

@@ -24,7 +24,7 @@ class JsonFormatter(logging.Formatter):
             "logger": record.name,
             "msg": record.getMessage(),
         }
-        trace_id = trace_id_var.get()
+        trace_id = getattr(record, "trace_id", None) or trace_id_var.get()
         if trace_id is not None:
             entry["trace_id"] = trace_id
         for key, value in vars(record).items():

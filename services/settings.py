@@ -61,6 +61,18 @@ def _networks(raw: str) -> tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, 
     return tuple(ipaddress.ip_network(p, strict=False) for p in parts)
 
 
+def _postgres_url(raw: str) -> str:
+    if not raw.startswith(("postgresql://", "postgres://")):
+        raise ValueError("expected a postgresql:// URL")
+    return raw
+
+
+def _redis_url(raw: str) -> str:
+    if not raw.startswith(("redis://", "rediss://", "unix://")):
+        raise ValueError("expected a redis://, rediss:// or unix:// URL")
+    return raw
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -82,14 +94,15 @@ class Spec:
 
 SPECS: tuple[Spec, ...] = (
     Spec("database_url", "REMOTEGPU_DATABASE_URL",
-         "postgresql://postgres@127.0.0.1:5432/remotegpu", _text, "asyncpg DSN"),
-    Spec("redis_url", "REMOTEGPU_REDIS_URL", "redis://127.0.0.1:6379/0", _text, "Redis URL"),
+         "postgresql://postgres@127.0.0.1:5432/remotegpu", _postgres_url, "asyncpg DSN"),
+    Spec("redis_url", "REMOTEGPU_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url,
+         "Redis URL"),
     Spec("redis_prefix", "REMOTEGPU_REDIS_PREFIX", "rgpu:", _redis_prefix,
          "prefix of every Redis key and pub/sub channel of this deployment"),
     Spec("jwt_secret", "REMOTEGPU_JWT_SECRET", "", _text,
          "HS256 key, at least 32 bytes; required unless REMOTEGPU_DEV=1"),
     Spec("dev", "REMOTEGPU_DEV", "0", _bool,
-         "development conveniences (a generated JWT secret, verbose errors in logs)"),
+         "development mode: a random JWT secret per process when none is set"),
     Spec("log_level", "REMOTEGPU_LOG_LEVEL", "INFO", _log_level, "log level"),
     Spec("access_token_ttl_s", "REMOTEGPU_ACCESS_TOKEN_TTL_S", "3600", _positive_int,
          "access token lifetime, seconds"),

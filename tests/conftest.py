@@ -1,0 +1,169 @@
+"""Test fixtures: a real PostgreSQL database created for this session and dropped after it,
+a per-test Redis key prefix, and the app built by the production factory."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import os
+import uuid
+from collections.abc import AsyncIterator, Callable, Iterator
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import pytest
+import redis.asyncio as redis
+from aiohttp import web
+from aiohttp.test_utils import TestClient
+
+from api.app import create_app
+from services.settings import Settings
+from storage.migrate import migrate
+from tests.helpers import Accounts
+from tests.proxy import TcpProxy
+
+ADMIN_DSN = os.environ.get("REMOTEGPU_TEST_DATABASE_URL",
+                           "postgresql://postgres@127.0.0.1:5432/postgres")
+REDIS_URL = os.environ.get("REMOTEGPU_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+# Everything but the seeded rows (tenant 0, roles) is wiped before each test.
+_TRUNCATE = """
+TRUNCATE users, refresh_tokens, machines, gpu_devices, allocations, jobs, tasks, datasets,
+         dataset_mounts, alerts, audit_logs RESTART IDENTITY CASCADE;
+DELETE FROM tenants WHERE id <> 0;
+"""
+
+
+def _dsn_for(database: str) -> str:
+    parts = urlsplit(ADMIN_DSN)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+async def _create_database(name: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"')
+    finally:
+        await conn.close()
+    conn = await asyncpg.connect(_dsn_for(name))
+    try:
+        await migrate(conn)
+    finally:
+        await conn.close()
+
+
+async def _drop_database(name: str) -> None:
+    conn = await asyncpg.connect(ADMIN_DSN)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+@pytest.fixture(scope="session")
+def database_url() -> Iterator[str]:
+    name = f"remotegpu_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+    try:
+        asyncio.run(_create_database(name))
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.exit(f"PostgreSQL for tests unreachable at {ADMIN_DSN}: {exc}", returncode=3)
+    yield _dsn_for(name)
+    asyncio.run(_drop_database(name))
+
+
+@pytest.fixture
+async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
+    """A pool on the test database, emptied before the test."""
+    from storage.db import create_pool
+
+    pool = await create_pool(database_url, min_size=1, max_size=4)
+    await pool.execute(_TRUNCATE)
+    yield pool
+    await pool.close()
+
+
+@pytest.fixture
+def redis_prefix() -> str:
+    return f"rgpu-test:{uuid.uuid4().hex[:12]}:"
+
+
+@pytest.fixture
+async def redis_client(redis_prefix: str) -> AsyncIterator[redis.Redis]:
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        await client.ping()
+    except Exception as exc:
+        pytest.exit(f"Redis for tests unreachable at {REDIS_URL}: {exc}", returncode=3)
+    yield client
+    keys = [key async for key in client.scan_iter(match=f"{redis_prefix}*")]
+    if keys:
+        await client.delete(*keys)
+    await client.aclose()
+
+
+@pytest.fixture
+def settings(database_url: str, redis_prefix: str) -> Settings:
+    env = {
+        "REMOTEGPU_DATABASE_URL": database_url,
+        "REMOTEGPU_REDIS_URL": REDIS_URL,
+        "REMOTEGPU_REDIS_PREFIX": redis_prefix,
+        "REMOTEGPU_JWT_SECRET": "test-secret-" + "x" * 40,
+        # Cheap hashes keep the suite fast; production defaults are tested separately.
+        "REMOTEGPU_ARGON2_TIME_COST": "1",
+        "REMOTEGPU_ARGON2_MEMORY_KIB": "1024",
+        "REMOTEGPU_AUDIT_FLUSH_INTERVAL_S": "0.05",
+        "REMOTEGPU_DB_POOL_MIN": "1",
+        "REMOTEGPU_DB_POOL_MAX": "10",
+    }
+    return Settings.from_env(env)
+
+
+@pytest.fixture
+def make_app(settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
+             ) -> Callable[..., web.Application]:
+    """Build an app with the production factory; keyword arguments override settings."""
+    def build(**overrides: Any) -> web.Application:
+        return create_app(dataclasses.replace(settings, **overrides))
+    return build
+
+
+@pytest.fixture
+async def client(make_app: Callable[..., web.Application], aiohttp_client: Any) -> TestClient:
+    return await aiohttp_client(make_app())
+
+
+@pytest.fixture
+def accounts(db: asyncpg.Pool, settings: Settings) -> Accounts:
+    return Accounts(db, settings)
+
+
+def _host_port(url: str, default_port: int) -> tuple[str, int]:
+    parts = urlsplit(url)
+    return parts.hostname or "127.0.0.1", parts.port or default_port
+
+
+def _through(url: str, port: int) -> str:
+    parts = urlsplit(url)
+    netloc = parts.netloc.rsplit("@", 1)
+    hostport = f"127.0.0.1:{port}"
+    return urlunsplit(parts._replace(netloc=f"{netloc[0]}@{hostport}" if len(netloc) == 2
+                                     else hostport))
+
+
+@pytest.fixture
+async def pg_proxy(database_url: str) -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A cuttable proxy in front of PostgreSQL, and the test database's URL through it."""
+    proxy = TcpProxy(*_host_port(database_url, 5432))
+    await proxy.start()
+    yield proxy, _through(database_url, proxy.port)
+    await proxy.close()
+
+
+@pytest.fixture
+async def redis_proxy() -> AsyncIterator[tuple[TcpProxy, str]]:
+    """A cuttable proxy in front of Redis, and the Redis URL through it."""
+    proxy = TcpProxy(*_host_port(REDIS_URL, 6379))
+    await proxy.start()
+    yield proxy, _through(REDIS_URL, proxy.port)
+    await proxy.close()

@@ -1,0 +1,156 @@
+"""The ``remotegpu`` command, run as a real process."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+
+import orjson
+import pytest
+
+from services.passwords import PasswordHasher
+
+
+@pytest.fixture
+def env(settings):
+    return {
+        **os.environ,
+        "REMOTEGPU_DATABASE_URL": settings.database_url,
+        "REMOTEGPU_REDIS_URL": settings.redis_url,
+        "REMOTEGPU_REDIS_PREFIX": settings.redis_prefix,
+        "REMOTEGPU_JWT_SECRET": settings.jwt_secret,
+        "REMOTEGPU_ARGON2_TIME_COST": "1",
+        "REMOTEGPU_ARGON2_MEMORY_KIB": "1024",
+    }
+
+
+def remotegpu(env, *args, stdin=None, timeout=60):
+    return subprocess.run([sys.executable, "-m", "hub.cli", *args], env=env, input=stdin,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+async def test_migrate_on_a_migrated_database_applies_nothing(env, db):
+    result = remotegpu(env, "migrate")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "applied 0 migration(s)"
+
+
+async def test_create_admin_creates_a_platform_admin(env, db):
+    result = remotegpu(env, "create-admin", "--username", "boss", "--password", "first-pass-1")
+    assert result.returncode == 0, result.stderr
+    row = await db.fetchrow("SELECT * FROM users WHERE username = 'boss'")
+    assert (row["role"], row["tenant_id"], row["status"]) == ("admin", 0, "active")
+    assert row["password_hash"].startswith("$argon2id$")
+    assert await PasswordHasher(time_cost=1, memory_kib=1024).verify(row["password_hash"],
+                                                                     "first-pass-1")
+
+
+async def test_create_admin_twice_refuses_and_points_at_reset(env, db):
+    remotegpu(env, "create-admin", "--username", "boss", "--password", "first-pass-1")
+    result = remotegpu(env, "create-admin", "--username", "boss", "--password", "other-pass-2")
+    assert result.returncode == 1
+    assert "--reset" in result.stderr and len(result.stderr.strip().splitlines()) == 1
+
+
+async def test_create_admin_reset_sets_a_new_password(env, db):
+    remotegpu(env, "create-admin", "--username", "boss", "--password", "first-pass-1")
+    result = remotegpu(env, "create-admin", "--username", "boss", "--password", "second-pass-2",
+                       "--reset")
+    assert result.returncode == 0, result.stderr
+    stored = await db.fetchval("SELECT password_hash FROM users WHERE username = 'boss'")
+    assert await PasswordHasher(time_cost=1, memory_kib=1024).verify(stored, "second-pass-2")
+
+
+async def test_create_admin_reset_of_an_unknown_user_fails(env, db):
+    result = remotegpu(env, "create-admin", "--username", "ghost", "--password", "pass-pass-1",
+                       "--reset")
+    assert result.returncode == 1 and "ghost" in result.stderr
+
+
+async def test_create_admin_reads_the_password_from_stdin(env, db):
+    result = remotegpu(env, "create-admin", "--username", "boss", stdin="piped-pass-1\n")
+    assert result.returncode == 0, result.stderr
+    stored = await db.fetchval("SELECT password_hash FROM users WHERE username = 'boss'")
+    assert await PasswordHasher(time_cost=1, memory_kib=1024).verify(stored, "piped-pass-1")
+
+
+@pytest.mark.parametrize(("username", "password", "field"), [
+    ("x", "long-enough-1", "username"),
+    ("bad name", "long-enough-1", "username"),
+    ("boss", "short", "password"),
+])
+async def test_create_admin_validates_username_and_password(env, db, username, password, field):
+    result = remotegpu(env, "create-admin", "--username", username, "--password", password)
+    assert result.returncode == 1 and result.stderr.startswith(f"remotegpu: {field}:")
+    assert await db.fetchval("SELECT count(*) FROM users") == 0
+
+
+def test_bad_setting_exits_2_with_one_line_naming_the_variable(env):
+    result = remotegpu({**env, "REMOTEGPU_ACCESS_TOKEN_TTL_S": "forever"}, "migrate")
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [
+        "remotegpu: REMOTEGPU_ACCESS_TOKEN_TTL_S='forever': invalid literal for int() with "
+        "base 10: 'forever'"
+    ]
+
+
+def test_missing_secret_outside_dev_mode_exits_2(env):
+    result = remotegpu({**env, "REMOTEGPU_JWT_SECRET": ""}, "migrate")
+    assert result.returncode == 2 and "REMOTEGPU_JWT_SECRET" in result.stderr
+
+
+def test_unreachable_database_is_one_line(env):
+    result = remotegpu({**env, "REMOTEGPU_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"},
+                       "migrate")
+    assert result.returncode == 1
+    assert result.stderr.startswith("remotegpu: cannot reach PostgreSQL")
+    assert len(result.stderr.strip().splitlines()) == 1
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _get(url: str) -> dict:
+    with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback)
+        return orjson.loads(resp.read())
+
+
+async def test_serve_answers_then_stops_cleanly_on_sigterm_writing_the_audit_trail(env, db):
+    port = _free_port()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "hub.cli", "serve", "--port", str(port)],
+        env={**env, "REMOTEGPU_AUDIT_FLUSH_INTERVAL_S": "60"},
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    try:
+        base = f"http://127.0.0.1:{port}"
+        for _ in range(100):
+            try:
+                assert _get(base + "/healthz")["data"] == {"status": "ok"}
+                break
+            except OSError:
+                time.sleep(0.1)
+        request = urllib.request.Request(base + "/api/v1/auth/login", method="POST",
+                                         data=b'{"username":"x","password":"y"}',
+                                         headers={"Content-Type": "application/json"})
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(request, timeout=5)  # noqa: S310
+        assert refused.value.code == 401
+        refused.value.close()
+        proc.send_signal(signal.SIGTERM)
+        _, stderr = proc.communicate(timeout=20)
+    finally:
+        proc.kill()
+    assert proc.returncode == 0, stderr
+    lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    assert any(line["msg"] == "request" and line["path"] == "/healthz" for line in lines)
+    written = "SELECT count(*) FROM audit_logs WHERE path = '/api/v1/auth/login'"
+    assert await db.fetchval(written) == 1
