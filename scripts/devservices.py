@@ -100,9 +100,9 @@ def _as_postgres_user(args: list[str]) -> list[str]:
     return ["runuser", "-u", "postgres", "--", *args] if os.geteuid() == 0 else args
 
 
-async def _start_private_postgres() -> str:
+def _start_private_postgres() -> str:
     url = f"postgresql://postgres@127.0.0.1:{PRIVATE_PG_PORT}/postgres"
-    if await _postgres_answers(url):
+    if asyncio.run(_postgres_answers(url)):
         return url
     bindir = _pg_bindir()
     if os.geteuid() == 0:
@@ -127,18 +127,18 @@ async def _start_private_postgres() -> str:
     subprocess.run(_as_postgres_user([str(bindir / "pg_ctl"), "-D", str(data), "-l",
                                       str(home / "postgres.log"), "-o", options, "-w", "start"]),
                    check=True, stdout=subprocess.DEVNULL)
-    if not await _postgres_answers(url):
+    if not asyncio.run(_postgres_answers(url)):
         raise SystemExit(f"dev: the private PostgreSQL did not answer; see {home}/postgres.log")
     return url
 
 
-async def postgres_url(configured: str) -> str:
+def postgres_url(configured: str) -> str:
     """The URL to use: ``configured`` if its server answers, else the private instance's
     with the same database name."""
-    if await _postgres_answers(configured):
+    if asyncio.run(_postgres_answers(configured)):
         return configured
     note(f"PostgreSQL at {urlsplit(configured).netloc} does not answer; using a private one")
-    private = await _start_private_postgres()
+    private = _start_private_postgres()
     return with_database(private, urlsplit(configured).path.lstrip("/") or "postgres")
 
 
@@ -185,16 +185,16 @@ def redis_url(configured: str) -> str:
 
 # --- entry point ------------------------------------------------------------------------
 
-async def main(mode: str) -> dict[str, str]:
+def main(mode: str) -> dict[str, str]:
     if mode == "hub":
-        pg = await postgres_url(os.environ.get(
+        pg = postgres_url(os.environ.get(
             "REMOTEGPU_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/remotegpu"))
-        await _ensure_database(pg)
+        asyncio.run(_ensure_database(pg))
         return {"REMOTEGPU_DATABASE_URL": pg,
                 "REMOTEGPU_REDIS_URL": redis_url(os.environ.get("REMOTEGPU_REDIS_URL",
                                                                 "redis://127.0.0.1:6379/0"))}
     if mode == "test":
-        pg = await postgres_url(os.environ.get(
+        pg = postgres_url(os.environ.get(
             "REMOTEGPU_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"))
         return {"REMOTEGPU_TEST_DATABASE_URL": pg,
                 "REMOTEGPU_TEST_REDIS_URL": redis_url(os.environ.get(
@@ -204,7 +204,7 @@ async def main(mode: str) -> dict[str, str]:
 
 if __name__ == "__main__":
     try:
-        exports = asyncio.run(main(sys.argv[1] if len(sys.argv) > 1 else "hub"))
+        exports = main(sys.argv[1] if len(sys.argv) > 1 else "hub")
     except Missing as exc:
         note(f"missing: {exc}")
         sys.exit(MISSING_BINARIES)

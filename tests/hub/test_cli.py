@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
+import asyncio
 import os
 import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.request
 
+import aiohttp
 import orjson
 import pytest
 
@@ -118,39 +118,39 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _get(url: str) -> dict:
-    with urllib.request.urlopen(url, timeout=2) as resp:  # noqa: S310 (loopback)
-        return orjson.loads(resp.read())
+async def _wait_until_serving(session: aiohttp.ClientSession, base: str) -> None:
+    for _ in range(100):
+        try:
+            async with session.get(base + "/healthz") as resp:
+                if resp.status == 200:
+                    return
+        except aiohttp.ClientConnectionError:
+            await asyncio.sleep(0.1)
+    raise AssertionError("the hub did not start")
 
 
 async def test_serve_answers_then_stops_cleanly_on_sigterm_writing_the_audit_trail(env, db):
     port = _free_port()
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "hub.cli", "serve", "--port", str(port)],
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub.cli", "serve", "--port", str(port),
         env={**env, "REMOTEGPU_AUDIT_FLUSH_INTERVAL_S": "60"},
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
     )
     try:
         base = f"http://127.0.0.1:{port}"
-        for _ in range(100):
-            try:
-                assert _get(base + "/healthz")["data"] == {"status": "ok"}
-                break
-            except OSError:
-                time.sleep(0.1)
-        request = urllib.request.Request(base + "/api/v1/auth/login", method="POST",
-                                         data=b'{"username":"x","password":"y"}',
-                                         headers={"Content-Type": "application/json"})
-        with pytest.raises(urllib.error.HTTPError) as refused:
-            urllib.request.urlopen(request, timeout=5)  # noqa: S310
-        assert refused.value.code == 401
-        refused.value.close()
+        async with aiohttp.ClientSession() as session:
+            await _wait_until_serving(session, base)
+            async with session.post(base + "/api/v1/auth/login",
+                                    json={"username": "x", "password": "y"}) as resp:
+                assert resp.status == 401
         proc.send_signal(signal.SIGTERM)
-        _, stderr = proc.communicate(timeout=20)
+        _, stderr = await asyncio.wait_for(proc.communicate(), 20)
     finally:
-        proc.kill()
+        if proc.returncode is None:
+            proc.kill()
+            await proc.wait()
     assert proc.returncode == 0, stderr
-    lines = [orjson.loads(line) for line in stderr.splitlines() if line.startswith("{")]
+    lines = [orjson.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
     assert any(line["msg"] == "request" and line["path"] == "/healthz" for line in lines)
     written = "SELECT count(*) FROM audit_logs WHERE path = '/api/v1/auth/login'"
     assert await db.fetchval(written) == 1

@@ -24,12 +24,12 @@ def test_defaults_point_at_local_services():
 
 
 def test_missing_secret_is_refused_naming_the_variable():
-    with pytest.raises(SettingsError, match="^REMOTEGPU_JWT_SECRET: required"):
+    with pytest.raises(SettingsError, match=r"^REMOTEGPU_JWT_SECRET: required"):
         Settings.from_env({})
 
 
 def test_short_secret_is_refused():
-    with pytest.raises(SettingsError, match="^REMOTEGPU_JWT_SECRET: too short"):
+    with pytest.raises(SettingsError, match=r"^REMOTEGPU_JWT_SECRET: too short"):
         Settings.from_env({"REMOTEGPU_JWT_SECRET": "short"})
 
 
