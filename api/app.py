@@ -12,27 +12,54 @@ import aiohttp_jinja2
 import jinja2
 from aiohttp import web
 
-from api import audit, auth, docs, ops
+from api import (
+    allocations,
+    audit,
+    auth,
+    customer,
+    customers,
+    dashboard,
+    docs,
+    jobs,
+    machines,
+    ops,
+)
 from api.keys import (
+    ALLOCATIONS,
     AUDIT,
     AUTH,
+    CUSTOMERS,
+    DASHBOARD,
+    IMPORTS,
+    JOBS,
+    MACHINES,
     METRICS,
     OPENAPI,
+    PERIODIC,
     PG_POOL,
     REDIS,
     REDIS_KEYS,
     SETTINGS,
+    TENANT_MACHINES,
 )
 from api.metrics import HttpMetrics
 from api.middlewares import audit as audit_middleware
 from api.middlewares import authenticate, authorize, error_middleware, trace
 from api.openapi import build_document
 from api.routing import Routes, check_all_declared
+from hub.periodic import LeaderLock, Periodic, lock_ttl
 from services.accounts import sync_disabled_markers
+from services.allocations import AllocationService
 from services.audit import AuditTrail
 from services.auth import AuthService
+from services.customers import CustomerService
+from services.dashboard import DashboardService
+from services.imports import ImportService
+from services.jobs import JobService
+from services.machines import MachineService
 from services.passwords import PasswordHasher
 from services.settings import Settings
+from services.tenant_machines import TenantMachineService
 from services.tokens import AccessTokens
 from storage import cache, db, roles
 from storage.ratelimit import FailureCounter
@@ -40,7 +67,10 @@ from storage.revocations import Revocations
 
 log = logging.getLogger(__name__)
 
-RESOURCES: tuple[Routes, ...] = (auth.routes, audit.routes, ops.routes, docs.routes)
+RESOURCES: tuple[Routes, ...] = (
+    auth.routes, machines.routes, allocations.routes, customers.routes, dashboard.routes,
+    customer.routes, jobs.routes, audit.routes, ops.routes, docs.routes,
+)
 _POOL_CLOSE_TIMEOUT_S = 5.0
 
 
@@ -61,7 +91,7 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = HttpMetrics()
-    app.cleanup_ctx.extend([_postgres, _redis, _auth, _audit_trail])
+    app.cleanup_ctx.extend([_postgres, _redis, _services, _audit_trail, _periodic_jobs])
     endpoints = []
     for resource in RESOURCES:
         app.add_routes(resource.table)
@@ -93,7 +123,7 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
-async def _auth(app: web.Application) -> AsyncIterator[None]:
+async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool, keys = app[PG_POOL], app[REDIS_KEYS]
     revocations = Revocations(app[REDIS], keys)
@@ -112,6 +142,13 @@ async def _auth(app: web.Application) -> AsyncIterator[None]:
         login_max_failures=settings.login_max_failures,
         login_window_s=settings.login_window_s,
     )
+    app[MACHINES] = MachineService(pool)
+    app[IMPORTS] = ImportService(app[MACHINES], pool)
+    app[ALLOCATIONS] = AllocationService(pool)
+    app[JOBS] = JobService(pool, app[ALLOCATIONS])
+    app[CUSTOMERS] = CustomerService(pool, hasher, revocations)
+    app[DASHBOARD] = DashboardService(pool)
+    app[TENANT_MACHINES] = TenantMachineService(pool)
     yield
     hasher.close()
 
@@ -129,3 +166,21 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
     trail.start()
     yield
     await trail.close(settings.shutdown_grace_s)
+
+
+async def _periodic_jobs(app: web.Application) -> AsyncIterator[None]:
+    settings, keys = app[SETTINGS], app[REDIS_KEYS]
+    interval = settings.lease_check_interval_s
+    jobs = [
+        Periodic("lease_expiry", interval, app[ALLOCATIONS].reclaim_expired,
+                 LeaderLock(app[REDIS], keys.periodic_lock("lease_expiry"), lock_ttl(interval))),
+    ]
+    app[PERIODIC] = jobs
+    for job in jobs:
+        app[METRICS].counter(f"remotegpu_periodic_{job.name}_runs",
+                             f"runs of the {job.name} job by this process",
+                             lambda job=job: job.runs)
+        job.start()
+    yield
+    for job in jobs:
+        await job.stop()

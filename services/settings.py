@@ -127,6 +127,8 @@ SPECS: tuple[Spec, ...] = (
          "counted)"),
     Spec("shutdown_grace_s", "REMOTEGPU_SHUTDOWN_GRACE_S", "10", _positive_float,
          "time given to open requests and buffers on SIGTERM, seconds"),
+    Spec("lease_check_interval_s", "REMOTEGPU_LEASE_CHECK_INTERVAL_S", "60", _positive_float,
+         "lease expiry scan interval, seconds"),
     Spec("argon2_time_cost", "REMOTEGPU_ARGON2_TIME_COST", "3", _positive_int,
          "argon2id passes"),
     Spec("argon2_memory_kib", "REMOTEGPU_ARGON2_MEMORY_KIB", "65536", _positive_int,
@@ -153,6 +155,7 @@ class Settings:
     audit_flush_interval_s: float
     audit_queue_max: int
     shutdown_grace_s: float
+    lease_check_interval_s: float
     argon2_time_cost: int
     argon2_memory_kib: int
 

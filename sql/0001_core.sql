@@ -138,9 +138,12 @@ CREATE TABLE gpu_devices (
     PRIMARY KEY (machine_id, gpu_index)
 );
 
+-- Lease history outlives a deleted machine, hence no foreign key on machine_id; a machine
+-- can only be deleted while idle, i.e. with no open allocation.
 CREATE TABLE allocations (
     id              bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
-    machine_id      text NOT NULL REFERENCES machines (id),
+    machine_id      text NOT NULL,
+    machine_name    text NOT NULL,
     tenant_id       bigint NOT NULL REFERENCES tenants (id) CHECK (tenant_id <> 0),
     status          text NOT NULL DEFAULT 'active'
                     CHECK (status IN ('active', 'reclaiming', 'reclaimed')),
@@ -229,7 +232,7 @@ CREATE INDEX dataset_mounts_dataset_idx ON dataset_mounts (dataset_id)
 CREATE TABLE tasks (
     id          bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
     tenant_id   bigint NOT NULL REFERENCES tenants (id) CHECK (tenant_id <> 0),
-    machine_id  text NOT NULL REFERENCES machines (id),
+    machine_id  text NOT NULL,  -- no FK: a tenant's task history outlives the machine
     name        text NOT NULL CHECK (char_length(name) BETWEEN 1 AND 128),
     image       text NOT NULL CHECK (char_length(image) BETWEEN 1 AND 512),
     command     text NOT NULL CHECK (char_length(command) BETWEEN 1 AND 8192),

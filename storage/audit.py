@@ -8,7 +8,7 @@ from typing import Any
 
 import asyncpg
 
-from storage.db import Executor, Where
+from storage.db import Executor, Where, escape_like
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,11 +54,6 @@ async def copy_in(conn: asyncpg.Connection, records: list[AuditRecord]) -> None:
     )
 
 
-def _like_prefix(prefix: str) -> str:
-    escaped = prefix.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return escaped + "%"
-
-
 async def page(db: Executor, flt: AuditFilter, *, limit: int,
                offset: int) -> tuple[list[asyncpg.Record], int]:
     where = Where()
@@ -67,7 +62,7 @@ async def page(db: Executor, flt: AuditFilter, *, limit: int,
     if flt.method is not None:
         where.add("method = {}", flt.method)
     if flt.path_prefix is not None:
-        where.add("path LIKE {}", _like_prefix(flt.path_prefix))
+        where.add("path LIKE {}", escape_like(flt.path_prefix) + "%")
     if flt.since is not None:
         where.add("created_at >= {}", flt.since)
     if flt.until is not None:

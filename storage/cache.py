@@ -50,3 +50,6 @@ class Keys:
 
     def login_failures_ip(self, ip: str) -> str:
         return f"{self.prefix}auth:login-failures:ip:{ip}"
+
+    def periodic_lock(self, job: str) -> str:
+        return f"{self.prefix}lock:periodic:{job}"

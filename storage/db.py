@@ -86,3 +86,8 @@ class Where:
     @property
     def sql(self) -> str:
         return " WHERE " + " AND ".join(self._clauses) if self._clauses else ""
+
+
+def escape_like(text: str) -> str:
+    """``text`` with LIKE's wildcards escaped, to match it literally."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

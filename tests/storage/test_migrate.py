@@ -63,8 +63,9 @@ async def test_schema_enforces_one_open_allocation_per_machine(db):
     await db.execute(
         "INSERT INTO machines (id, name, ip, agent_token_hash) VALUES ('m1', 'm1', '10.0.0.1', $1)",
         b"\x00" * 32)
-    insert = ("INSERT INTO allocations (machine_id, tenant_id, start_time, expires_at, "
-              "duration_months) VALUES ('m1', $1, now(), now() + interval '1 month', 1)")
+    insert = ("INSERT INTO allocations (machine_id, machine_name, tenant_id, start_time, "
+              "expires_at, duration_months) "
+              "VALUES ('m1', 'm1', $1, now(), now() + interval '1 month', 1)")
     await db.execute(insert, tenant)
     with pytest.raises(asyncpg.UniqueViolationError):
         await db.execute(insert, tenant)

@@ -1,0 +1,299 @@
+"""``/api/v1/admin/machines``: the fleet as admins manage it (CONTRACT.md §3)."""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+from aiohttp import web
+from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+
+from api.items import AllocationItem
+from api.keys import ALLOCATIONS, IMPORTS, MACHINES, PRINCIPAL
+from api.models import Body, Page, PageQuery, Query
+from api.routing import Routes
+from services import imports
+from services.errors import ErrorCode, Malformed, ServiceError
+from services.ids import ALLOCATION, JOB, format_id
+from services.machines import MachinePatch, MachineSpec
+from storage.machines import MachineFilter
+
+routes = Routes("machines")
+
+class MachineQuery(PageQuery):
+    gpu_model: str | None = Field(None, max_length=128,
+                                  description="exact or substring, case-insensitive")
+    status: Literal["online", "offline"] | None = None
+    allocation_status: Literal["idle", "allocated", "maintenance"] | None = None
+    region: str | None = Field(None, max_length=64)
+    tenant_id: int | None = Field(None, ge=0)
+    keyword: str | None = Field(None, max_length=128, description="part of id, name or ip")
+
+
+class GpuInfo(BaseModel):
+    model: str
+    count: int
+    memory: str = Field(examples=["24GB"], description="memory per GPU")
+
+
+class MachineItem(BaseModel):
+    id: str
+    name: str
+    region: str
+    status: Literal["online", "offline"]
+    allocation_status: Literal["idle", "allocated", "maintenance"]
+    ip: str
+    gpu_info: GpuInfo
+    cpu_info: str
+    memory_total: int = Field(description="GB")
+    disk_total: int = Field(description="GB")
+    tenant_id: int | None
+    tenant_name: str | None
+    expires_at: AwareDatetime | None
+    last_heartbeat_at: AwareDatetime | None
+    gpu_util: float | None = Field(None, description="mean utilisation of the GPUs, percent; "
+                                                     "null until the agent reports")
+    ssh_host: str
+    ssh_port: int
+    ssh_user: str
+    jupyter_url: str | None
+    labels: dict[str, str]
+    maintenance_reason: str | None
+    created_at: AwareDatetime
+
+    @classmethod
+    def from_row(cls, row: Any, **extra: Any) -> MachineItem:
+        values = dict(row)
+        values["gpu_info"] = GpuInfo(model=row["gpu_model"], count=row["gpu_count"],
+                                     memory=f"{row['gpu_memory_gb']}GB")
+        return cls.model_validate({**values, **extra})
+
+
+class MachineCreated(MachineItem):
+    agent_token: str = Field(description="shown only in this response; store it on the machine")
+
+
+class GpuDevice(BaseModel):
+    index: int
+    uuid: str | None
+    model: str
+    memory_total_mib: int | None
+
+
+class MachineDetail(MachineItem):
+    gpus: list[GpuDevice]
+    allocation: AllocationItem | None
+    latest: dict[str, Any] | None = Field(None, description="latest metrics; null until the "
+                                                            "agent reports")
+
+
+class MaintenanceIn(Body):
+    enabled: bool
+    reason: str | None = Field(None, max_length=512)
+
+
+class AgentToken(BaseModel):
+    machine_id: str
+    agent_token: str
+
+
+class ImportQuery(Query):
+    dry_run: bool = False
+
+
+class ImportedMachine(BaseModel):
+    id: str
+    agent_token: str
+
+
+class ImportResult(BaseModel):
+    rows: int
+    created: int
+    dry_run: bool
+    machines: list[ImportedMachine] = Field(description="agent tokens, shown only here")
+
+
+class TemplateQuery(Query):
+    format: Literal["xlsx", "csv"] = "xlsx"
+
+
+class AllocateIn(Body):
+    tenant_id: int
+    duration_months: int = Field(ge=1, le=36)
+    start_time: AwareDatetime | None = Field(None, description="default now; may be in the past")
+    remark: str | None = Field(None, max_length=1024)
+
+
+class AllocationRef(BaseModel):
+    allocation_id: str
+
+
+class ReclaimIn(Body):
+    reason: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1,
+                                             max_length=512)]
+    force: bool = False
+
+
+class ReclaimOut(BaseModel):
+    task_id: str = Field(description="the reclaim job (see GET /api/v1/jobs/{id})")
+    allocation_id: str
+
+
+def _machine_id(request: web.Request) -> str:
+    return request.match_info["id"]
+
+
+@routes.get("/api/v1/admin/machines", access="machine:read", summary="List machines",
+            query=MachineQuery, response=Page[MachineItem],
+            description="Sorted by id. Filters combine with AND.")
+async def list_machines(request: web.Request, query: MachineQuery) -> Page[MachineItem]:
+    flt = MachineFilter(gpu_model=query.gpu_model, status=query.status,
+                        allocation_status=query.allocation_status, region=query.region,
+                        tenant_id=query.tenant_id, keyword=query.keyword)
+    rows, total = await request.app[MACHINES].page(flt, limit=query.page_size,
+                                                   offset=query.offset)
+    return Page[MachineItem](list=[MachineItem.from_row(r) for r in rows], total=total,
+                             page=query.page, page_size=query.page_size)
+
+
+@routes.post("/api/v1/admin/machines", access="machine:write", summary="Register a machine",
+             body=MachineSpec, response=MachineCreated, errors=(ErrorCode.DUPLICATE,),
+             description="Returns the agent token once; only its hash is stored.")
+async def create_machine(request: web.Request, body: MachineSpec) -> MachineCreated:
+    [registered] = await request.app[MACHINES].register([body])
+    row = await request.app[MACHINES].get(registered.machine_id)
+    return MachineCreated.from_row(row, agent_token=registered.agent_token)
+
+
+@routes.get("/api/v1/admin/machines/{id}", access="machine:read", summary="Machine detail",
+            response=MachineDetail, errors=(ErrorCode.NOT_FOUND,))
+async def get_machine(request: web.Request) -> MachineDetail:
+    detail = await request.app[MACHINES].detail(_machine_id(request))
+    allocation = None
+    if detail.machine["allocation_id"] is not None:
+        allocation = AllocationItem.from_row(
+            await request.app[ALLOCATIONS].get(detail.machine["allocation_id"]))
+    return MachineDetail.from_row(detail.machine, gpus=[dict(g) for g in detail.gpus],
+                                  allocation=allocation)
+
+
+@routes.patch("/api/v1/admin/machines/{id}", access="machine:write",
+              summary="Change a machine's descriptive fields", body=MachinePatch,
+              response=MachineItem, errors=(ErrorCode.NOT_FOUND,),
+              description="`status` and `allocation_status` cannot be changed here (400).")
+async def patch_machine(request: web.Request, body: MachinePatch) -> MachineItem:
+    return MachineItem.from_row(await request.app[MACHINES].patch(_machine_id(request), body))
+
+
+@routes.delete("/api/v1/admin/machines/{id}", access="machine:write",
+               summary="Delete an idle machine", response=None,
+               errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT))
+async def delete_machine(request: web.Request) -> None:
+    await request.app[MACHINES].delete(_machine_id(request))
+
+
+@routes.post("/api/v1/admin/machines/{id}/maintenance", access="machine:write",
+             summary="Put an idle machine in maintenance, or take it out", body=MaintenanceIn,
+             response=MachineItem, errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
+             description="Only a machine with no open lease and no reclaim in flight.")
+async def set_maintenance(request: web.Request, body: MaintenanceIn) -> MachineItem:
+    machines = request.app[MACHINES]
+    await machines.set_maintenance(_machine_id(request), body.enabled, body.reason)
+    return MachineItem.from_row(await machines.get(_machine_id(request)))
+
+
+@routes.post("/api/v1/admin/machines/{id}/agent-token", access="machine:write",
+             summary="Rotate the agent token", response=AgentToken,
+             errors=(ErrorCode.NOT_FOUND,),
+             description="The old token stops working at once; the new one is shown once.")
+async def rotate_agent_token(request: web.Request) -> AgentToken:
+    token = await request.app[MACHINES].rotate_agent_token(_machine_id(request))
+    return AgentToken(machine_id=_machine_id(request), agent_token=token)
+
+
+@routes.post("/api/v1/admin/machines/import", access="machine:write",
+             summary="Import machines from .xlsx or .csv", query=ImportQuery,
+             response=ImportResult,
+             errors=(ErrorCode.VALIDATION, ErrorCode.MALFORMED, ErrorCode.TOO_LARGE),
+             description="multipart/form-data with a `file` part; columns are the create "
+                         "fields. All rows valid: all created in one transaction; otherwise "
+                         "nothing is created and `data.errors` lists `{row, field, message}` "
+                         f"(header = row 1). At most {imports.MAX_BYTES // 2**20} MiB and "
+                         f"{imports.MAX_ROWS} rows.")
+async def import_machines(request: web.Request, query: ImportQuery) -> ImportResult:
+    data, kind = await _read_upload(request)
+    result = await request.app[IMPORTS].run(data, kind, dry_run=query.dry_run)
+    return ImportResult(rows=result.rows, created=result.created, dry_run=result.dry_run,
+                        machines=[ImportedMachine(id=m.machine_id, agent_token=m.agent_token)
+                                  for m in result.machines])
+
+
+async def _read_upload(request: web.Request) -> tuple[bytes, str]:
+    if request.content_type != "multipart/form-data":
+        raise Malformed("expected multipart/form-data with a `file` part")
+    reader = await request.multipart()
+    async for part in reader:
+        if part.name != "file":
+            continue
+        filename = (part.filename or "").lower()
+        if filename.endswith(".xlsx"):
+            kind = imports.XLSX
+        elif filename.endswith(".csv"):
+            kind = imports.CSV
+        else:
+            raise Malformed("the file must be .xlsx or .csv")
+        chunks, size = [], 0
+        while chunk := await part.read_chunk(256 * 1024):
+            size += len(chunk)
+            if size > imports.MAX_BYTES:
+                raise ServiceError(f"file larger than {imports.MAX_BYTES // 2**20} MiB",
+                                   code=ErrorCode.TOO_LARGE)
+            chunks.append(chunk)
+        return b"".join(chunks), kind
+    raise Malformed("no `file` part in the upload")
+
+
+@routes.get("/api/v1/admin/machines/import/template", access="machine:write",
+            summary="A sample import file", query=TemplateQuery,
+            raw_content_type="application/octet-stream")
+async def import_template(request: web.Request, query: TemplateQuery) -> web.Response:
+    content_type = ("text/csv" if query.format == "csv" else
+                    "application/vnd.openxmlformats-officedocument.spreadsheetml.sheet")
+    return web.Response(
+        body=imports.template(query.format), content_type=content_type,
+        headers={"Content-Disposition":
+                 f'attachment; filename="machines-import-template.{query.format}"'},
+    )
+
+
+@routes.post("/api/v1/admin/machines/{id}/allocate", access="allocation:write",
+             summary="Lease one idle machine to a tenant", body=AllocateIn,
+             response=AllocationRef,
+             errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
+             description="409 with `data.machines = [{id, reason}]` when the machine is not "
+                         "idle, or when the tenant is disabled.")
+async def allocate_machine(request: web.Request, body: AllocateIn) -> AllocationRef:
+    [allocation_id] = await request.app[ALLOCATIONS].allocate(
+        [_machine_id(request)], tenant_id=body.tenant_id, months=body.duration_months,
+        start_time=body.start_time, remark=body.remark,
+        actor=request[PRINCIPAL].user_id,
+    )
+    return AllocationRef(allocation_id=format_id(ALLOCATION, allocation_id))
+
+
+@routes.post("/api/v1/admin/machines/{id}/reclaim", access="allocation:write",
+             summary="Reclaim a leased machine", body=ReclaimIn, response=ReclaimOut,
+             message="Reclaim process started",
+             errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
+             description="The machine goes to maintenance and a `reclaim` job asks its agent "
+                         "to wipe it; the lease closes when the job succeeds. `force` closes "
+                         "the lease at once (also one whose reclaim waits on a silent agent), "
+                         "cancels the pending job and stops the tenant's tasks. Reclaiming "
+                         "an idle machine is 409.")
+async def reclaim_machine(request: web.Request, body: ReclaimIn) -> ReclaimOut:
+    reclaim = await request.app[ALLOCATIONS].reclaim(
+        _machine_id(request), reason=body.reason, force=body.force,
+        actor=request[PRINCIPAL].user_id,
+    )
+    return ReclaimOut(task_id=format_id(JOB, reclaim.job_id),
+                      allocation_id=format_id(ALLOCATION, reclaim.allocation_id))
+

@@ -1,0 +1,60 @@
+"""Customers: a tenant and its first user, created together; disabling locks them out."""
+
+from __future__ import annotations
+
+import asyncpg
+
+from services.errors import Duplicate, NotFound
+from services.passwords import PasswordHasher
+from storage import sessions, tenants, users
+from storage.errors import DuplicateError
+from storage.revocations import Revocations
+
+
+class CustomerService:
+    def __init__(self, pool: asyncpg.Pool, hasher: PasswordHasher,
+                 revocations: Revocations) -> None:
+        self._pool = pool
+        self._hasher = hasher
+        self._revocations = revocations
+
+    async def create(self, *, name: str, contact_name: str | None, contact_email: str | None,
+                     username: str, password: str) -> tuple[asyncpg.Record, int]:
+        """The new tenant's row and its first user's id."""
+        password_hash = await self._hasher.hash(password)
+        async with self._pool.acquire() as conn, conn.transaction():
+            try:
+                tenant = await tenants.insert(conn, name=name, contact_name=contact_name,
+                                              contact_email=contact_email)
+            except DuplicateError:
+                raise Duplicate("a customer with this name exists",
+                                data={"field": "name"}) from None
+            try:
+                user_id = await users.insert(conn, tenant_id=tenant["id"], username=username,
+                                             password_hash=password_hash, role="customer")
+            except DuplicateError:
+                raise Duplicate("this username is taken", data={"field": "username"}) from None
+        return tenant, user_id
+
+    async def page(self, *, keyword: str | None, status: str | None, limit: int,
+                   offset: int) -> tuple[list[asyncpg.Record], int]:
+        return await tenants.page(self._pool, keyword=keyword, status=status, limit=limit,
+                                  offset=offset)
+
+    async def get(self, tenant_id: int) -> asyncpg.Record:
+        row = await tenants.get(self._pool, tenant_id)
+        if row is None:
+            raise NotFound("customer not found")
+        return row
+
+    async def set_enabled(self, tenant_id: int, enabled: bool) -> None:
+        """Enable or disable; disabling ends every login of the tenant's users at once."""
+        async with self._pool.acquire() as conn, conn.transaction():
+            if not await tenants.set_status(conn, tenant_id,
+                                            "active" if enabled else "disabled"):
+                raise NotFound("customer not found")
+            if not enabled:
+                await sessions.revoke_users(conn, await tenants.user_ids(conn, tenant_id),
+                                            "tenant disabled")
+        # After the commit: the marker is what makes access tokens fail on the next request.
+        await self._revocations.set_tenant_disabled(tenant_id, not enabled)

@@ -1,0 +1,212 @@
+"""Bulk machine import from .xlsx or .csv: every row validated with the same rules as a
+single create, then all rows created in one transaction, or none.
+
+Row numbers are those the spreadsheet shows (the header is row 1). Parsing runs on a
+worker thread: a 10,000-row workbook must not stall the event loop.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import csv
+import io
+from dataclasses import dataclass
+from typing import Any
+
+import orjson
+from openpyxl import Workbook, load_workbook
+from pydantic import ValidationError
+
+from services.errors import ErrorCode, ServiceError
+from services.machines import MachineService, MachineSpec, Registered
+from storage import machines as machine_store
+
+MAX_BYTES = 20 * 1024 * 1024
+MAX_ROWS = 10_000
+MAX_ERRORS = 200
+
+COLUMNS = (
+    "id", "name", "region", "ip", "gpu_model", "gpu_count", "gpu_memory_gb", "cpu_info",
+    "memory_total", "disk_total", "ssh_host", "ssh_port", "ssh_user", "jupyter_url", "labels",
+)
+EXAMPLE = (
+    "bj-node-01", "bj-node-01", "beijing", "192.168.1.10", "NVIDIA GeForce RTX 4090", 4, 24,
+    "AMD EPYC 7543 32-Core", 256, 2048, "ssh.example.com", 10022, "root",
+    "https://jupyter.example.com/bj-node-01", '{"rack": "A3"}',
+)
+XLSX = "xlsx"
+CSV = "csv"
+
+
+@dataclass(frozen=True)
+class ImportResult:
+    rows: int
+    created: int
+    dry_run: bool
+    machines: list[Registered]
+
+
+class ImportRejected(ServiceError):
+    code = ErrorCode.VALIDATION
+
+    def __init__(self, errors: list[dict[str, Any]]) -> None:
+        shown = errors[:MAX_ERRORS]
+        more = f" (first {MAX_ERRORS} of {len(errors)} shown)" if len(errors) > MAX_ERRORS else ""
+        super().__init__(f"import rejected: {len(errors)} error(s){more}; nothing was created",
+                         data={"errors": shown})
+
+
+def _error(row: int, field: str | None, message: str) -> dict[str, Any]:
+    return {"row": row, "field": field, "message": message}
+
+
+def _read_xlsx(data: bytes) -> list[list[Any]]:
+    try:
+        workbook = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+    except Exception:
+        raise ImportRejected([_error(1, None, "not a readable .xlsx workbook")]) from None
+    try:
+        sheet = workbook.worksheets[0]
+        rows = []
+        for values in sheet.iter_rows(values_only=True):
+            rows.append(list(values))
+            if len(rows) > MAX_ROWS + 1:
+                break
+        return rows
+    finally:
+        workbook.close()
+
+
+def _read_csv(data: bytes) -> list[list[Any]]:
+    try:
+        text = data.decode("utf-8-sig")
+    except UnicodeDecodeError:
+        raise ImportRejected([_error(1, None, "the file is not UTF-8 text")]) from None
+    rows = []
+    for values in csv.reader(io.StringIO(text)):
+        rows.append(values)
+        if len(rows) > MAX_ROWS + 1:
+            break
+    return rows
+
+
+def _cell(value: Any) -> Any:
+    """Spreadsheet cells to the values a JSON body would carry; blank means absent."""
+    if value is None:
+        return None
+    if isinstance(value, str):
+        value = value.strip()
+        return value or None
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _header(values: list[Any]) -> tuple[list[str | None], list[dict[str, Any]]]:
+    names: list[str | None] = []
+    errors = []
+    for value in values:
+        name = str(value).strip().lower() if value is not None else ""
+        if not name:
+            names.append(None)
+        elif name not in COLUMNS:
+            errors.append(_error(1, name, f"unknown column; expected some of {', '.join(COLUMNS)}"))
+            names.append(None)
+        elif name in names:
+            errors.append(_error(1, name, "column appears twice"))
+            names.append(None)
+        else:
+            names.append(name)
+    for required in ("name", "ip", "gpu_model", "gpu_count"):
+        if required not in names:
+            errors.append(_error(1, required, "required column missing"))
+    return names, errors
+
+
+def _spec(row_number: int, record: dict[str, Any]) -> tuple[MachineSpec | None, list[dict]]:
+    if isinstance(record.get("labels"), str):
+        try:
+            record["labels"] = orjson.loads(record["labels"])
+        except orjson.JSONDecodeError:
+            return None, [_error(row_number, "labels", "must be a JSON object")]
+    for text_field in ("id", "name", "region", "ip", "gpu_model", "cpu_info", "ssh_host",
+                       "ssh_user", "jupyter_url"):
+        if isinstance(record.get(text_field), int | float):
+            record[text_field] = str(record[text_field])
+    try:
+        return MachineSpec.model_validate(record, strict=False), []
+    except ValidationError as exc:
+        return None, [
+            _error(row_number, ".".join(str(p) for p in err["loc"]) or None, err["msg"])
+            for err in exc.errors(include_url=False, include_input=False)
+        ]
+
+
+def parse(data: bytes, kind: str) -> tuple[list[tuple[int, MachineSpec]], list[dict[str, Any]]]:
+    """Validated rows (with their spreadsheet row numbers) and every error found."""
+    table = _read_xlsx(data) if kind == XLSX else _read_csv(data)
+    if not table:
+        return [], [_error(1, None, "the file is empty")]
+    names, errors = _header(table[0])
+    body = table[1:]
+    if len(body) > MAX_ROWS:
+        return [], [_error(MAX_ROWS + 2, None, f"too many rows: at most {MAX_ROWS}")]
+    specs: list[tuple[int, MachineSpec]] = []
+    seen_ids: dict[str, int] = {}
+    for offset, values in enumerate(body):
+        row_number = offset + 2
+        record = {name: _cell(value) for name, value in zip(names, values, strict=False) if name}
+        record = {key: value for key, value in record.items() if value is not None}
+        if not record:
+            continue  # blank line
+        spec, row_errors = _spec(row_number, record)
+        errors += row_errors
+        if spec is None:
+            continue
+        if spec.id is not None:
+            if spec.id in seen_ids:
+                errors.append(_error(row_number, "id",
+                                     f"duplicate of row {seen_ids[spec.id]} in this file"))
+            seen_ids.setdefault(spec.id, row_number)
+        specs.append((row_number, spec))
+    if not specs and not errors:
+        errors.append(_error(2, None, "no machines in the file"))
+    return specs, errors
+
+
+def template(kind: str) -> bytes:
+    if kind == CSV:
+        out = io.StringIO()
+        writer = csv.writer(out)
+        writer.writerow(COLUMNS)
+        writer.writerow(EXAMPLE)
+        return out.getvalue().encode()
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.title = "machines"
+    sheet.append(COLUMNS)
+    sheet.append(EXAMPLE)
+    out = io.BytesIO()
+    workbook.save(out)
+    return out.getvalue()
+
+
+class ImportService:
+    def __init__(self, machines: MachineService, pool: Any) -> None:
+        self._machines = machines
+        self._pool = pool
+
+    async def run(self, data: bytes, kind: str, *, dry_run: bool) -> ImportResult:
+        loop = asyncio.get_running_loop()
+        specs, errors = await loop.run_in_executor(None, parse, data, kind)
+        given = [(row, spec.id) for row, spec in specs if spec.id is not None]
+        taken = await machine_store.existing_ids(self._pool, [mid for _, mid in given])
+        errors += [_error(row, "id", "a machine with this id already exists")
+                   for row, mid in given if mid in taken]
+        if errors:
+            raise ImportRejected(sorted(errors, key=lambda e: e["row"]))
+        if dry_run:
+            return ImportResult(rows=len(specs), created=0, dry_run=True, machines=[])
+        created = await self._machines.register([spec for _, spec in specs])
+        return ImportResult(rows=len(specs), created=len(created), dry_run=False,
+                            machines=created)

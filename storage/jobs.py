@@ -1,0 +1,72 @@
+"""Jobs: asynchronous commands for a machine's agent (reclaim, ssh reset, mounts, tasks)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import asyncpg
+
+from storage.db import Executor
+
+_COLUMNS = """id, kind, machine_id, tenant_id, status, params, result, error, attempts,
+              created_at, updated_at, sent_at, deadline_at, finished_at"""
+_INSERT = f"""
+INSERT INTO jobs (kind, machine_id, tenant_id, status, params, result, error, created_by,
+                  finished_at)
+VALUES ($1, $2, $3, $4, $5, $6, $7, $8,
+        CASE WHEN $4 IN ('succeeded', 'failed', 'timeout', 'cancelled') THEN now() END)
+RETURNING {_COLUMNS}
+"""
+_GET = f"SELECT {_COLUMNS} FROM jobs WHERE id = $1"
+_GET_OF_TENANT = f"SELECT {_COLUMNS} FROM jobs WHERE id = $1 AND tenant_id = $2"
+_LOCK = f"SELECT {_COLUMNS} FROM jobs WHERE id = $1 FOR UPDATE"
+_FINISH = f"""
+UPDATE jobs SET status = $2, result = $3, error = $4, updated_at = now(), finished_at = now()
+WHERE id = $1
+RETURNING {_COLUMNS}
+"""
+_CANCEL_OPEN = f"""
+UPDATE jobs SET status = 'cancelled', error = $3, updated_at = now(), finished_at = now()
+WHERE machine_id = $1 AND kind = $2 AND status IN ('pending', 'sent', 'running')
+RETURNING {_COLUMNS}
+"""
+_OPEN_OF_KIND = f"""
+SELECT {_COLUMNS} FROM jobs
+WHERE machine_id = $1 AND kind = $2 AND status IN ('pending', 'sent', 'running')
+ORDER BY id
+"""
+
+OPEN_STATUSES = ("pending", "sent", "running")
+FINAL_STATUSES = ("succeeded", "failed", "timeout", "cancelled")
+
+
+async def insert(db: Executor, *, kind: str, machine_id: str, tenant_id: int | None,
+                 params: dict[str, Any], created_by: int | None, status: str = "pending",
+                 result: Any = None, error: str | None = None) -> asyncpg.Record:
+    return await db.fetchrow(_INSERT, kind, machine_id, tenant_id, status, params, result,
+                             error, created_by)
+
+
+async def get(db: Executor, job_id: int, *, tenant_id: int | None) -> asyncpg.Record | None:
+    """The job; with ``tenant_id``, only if it belongs to that tenant."""
+    if tenant_id is None:
+        return await db.fetchrow(_GET, job_id)
+    return await db.fetchrow(_GET_OF_TENANT, job_id, tenant_id)
+
+
+async def lock(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record | None:
+    return await conn.fetchrow(_LOCK, job_id)
+
+
+async def finish(conn: asyncpg.Connection, job_id: int, status: str, *, result: Any = None,
+                 error: str | None = None) -> asyncpg.Record:
+    return await conn.fetchrow(_FINISH, job_id, status, result, error)
+
+
+async def cancel_open(conn: asyncpg.Connection, machine_id: str, kind: str,
+                      reason: str) -> list[asyncpg.Record]:
+    return await conn.fetch(_CANCEL_OPEN, machine_id, kind, reason)
+
+
+async def open_of_kind(db: Executor, machine_id: str, kind: str) -> list[asyncpg.Record]:
+    return await db.fetch(_OPEN_OF_KIND, machine_id, kind)
