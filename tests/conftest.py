@@ -20,7 +20,7 @@ from aiohttp.test_utils import TestClient
 from api.app import create_app
 from services.settings import Settings
 from storage.migrate import migrate
-from tests.helpers import Accounts
+from tests.helpers import Accounts, Api
 from tests.proxy import TcpProxy
 
 ADMIN_DSN = os.environ.get("REMOTEGPU_TEST_DATABASE_URL",
@@ -167,3 +167,9 @@ async def redis_proxy() -> AsyncIterator[tuple[TcpProxy, str]]:
     await proxy.start()
     yield proxy, _through(REDIS_URL, proxy.port)
     await proxy.close()
+
+
+@pytest.fixture
+async def admin(client: TestClient, accounts: Accounts) -> Api:
+    """An admin logged in on ``client``."""
+    return await Api.login(client, await accounts.user("root-admin"))

@@ -79,3 +79,44 @@ async def call(client: TestClient, method: str, path: str, *, token: str | None 
         headers.update(bearer(token))
     resp = await client.request(method, path, headers=headers, **kwargs)
     return resp.status, await resp.json()
+
+
+class Api:
+    """A client acting as one logged-in account."""
+
+    def __init__(self, client: TestClient, token: str) -> None:
+        self.client = client
+        self.token = token
+
+    @classmethod
+    async def login(cls, client: TestClient, account: Account) -> Api:
+        return cls(client, (await login(client, account))["access_token"])
+
+    async def get(self, path: str, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        return await call(self.client, "GET", path, token=self.token, **kwargs)
+
+    async def post(self, path: str, json: Any = None, **kwargs: Any) -> tuple[int, dict[str, Any]]:
+        return await call(self.client, "POST", path, token=self.token, json=json, **kwargs)
+
+    async def patch(self, path: str, json: Any) -> tuple[int, dict[str, Any]]:
+        return await call(self.client, "PATCH", path, token=self.token, json=json)
+
+    async def delete(self, path: str) -> tuple[int, dict[str, Any]]:
+        return await call(self.client, "DELETE", path, token=self.token)
+
+    async def ok(self, method: str, path: str, json: Any = None) -> Any:
+        """The ``data`` of a request that must succeed."""
+        status, body = await call(self.client, method, path, token=self.token, json=json)
+        assert status == 200, body
+        return body["data"]
+
+    async def machine(self, machine_id: str, **fields: Any) -> dict[str, Any]:
+        spec = {"id": machine_id, "name": machine_id, "ip": "10.0.0.1", "gpu_model": "A100",
+                "gpu_count": 8, "gpu_memory_gb": 80, **fields}
+        return await self.ok("POST", "/api/v1/admin/machines", spec)
+
+    async def allocate(self, machine_id: str, tenant_id: int, months: int = 1,
+                       **fields: Any) -> str:
+        data = await self.ok("POST", f"/api/v1/admin/machines/{machine_id}/allocate",
+                             {"tenant_id": tenant_id, "duration_months": months, **fields})
+        return data["allocation_id"]
