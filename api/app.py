@@ -146,7 +146,7 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[IMPORTS] = ImportService(app[MACHINES], pool)
     app[ALLOCATIONS] = AllocationService(pool)
     app[JOBS] = JobService(pool, app[ALLOCATIONS])
-    app[CUSTOMERS] = CustomerService(pool, hasher, revocations)
+    app[CUSTOMERS] = CustomerService(pool, hasher, revocations, settings.access_token_ttl_s)
     app[DASHBOARD] = DashboardService(pool)
     app[TENANT_MACHINES] = TenantMachineService(pool)
     yield

@@ -10,7 +10,8 @@ from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 from api.keys import CUSTOMERS
 from api.models import Body, Page, PageQuery
 from api.routing import Routes
-from services.errors import ErrorCode, NotFound
+from services.errors import ErrorCode
+from services.ids import parse_number
 from services.rules import NAME_MAX, PASSWORD_MAX, PASSWORD_MIN, USERNAME_PATTERN
 
 routes = Routes("customers")
@@ -52,10 +53,7 @@ class CustomerQuery(PageQuery):
 
 
 def _tenant_id(request: web.Request) -> int:
-    text = request.match_info["id"]
-    if not text.isdigit() or len(text) > 18:
-        raise NotFound("customer not found")
-    return int(text)
+    return parse_number(request.match_info["id"], "customer")
 
 
 @routes.post("/api/v1/admin/customers", access="customer:manage",

@@ -13,7 +13,8 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from api.keys import TRACE_ID
-from services.errors import ErrorCode, Malformed, ValidationFailed
+from services.errors import NUL_MESSAGE, ErrorCode, Malformed, ValidationFailed
+from services.rules import find_nul
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -63,7 +64,7 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
     elif request.content_type != JSON:
         raise Malformed(f"expected Content-Type {JSON}")
     try:
-        return model.model_validate_json(raw)
+        parsed = model.model_validate_json(raw)
     except ValidationError as exc:
         kinds = {err["type"] for err in exc.errors()}
         if "json_invalid" in kinds:
@@ -71,10 +72,19 @@ async def parse_body(request: web.Request, model: type[M]) -> M:
         if "model_type" in kinds and all(err["loc"] == () for err in exc.errors()):
             raise Malformed("expected a JSON object") from None
         raise ValidationFailed(validation_errors(exc)) from None
+    if b"\\u0000" in raw:  # cheap test first; the walk names the field
+        field = find_nul(orjson.loads(raw))
+        if field is not None:
+            raise ValidationFailed([{"field": field, "message": NUL_MESSAGE}])
+    return parsed
 
 
 def parse_query(request: web.Request, model: type[M]) -> M:
+    values = dict(request.query)
+    nul = find_nul(values)
+    if nul is not None:
+        raise ValidationFailed([{"field": nul, "message": NUL_MESSAGE}])
     try:
-        return model.model_validate(dict(request.query))
+        return model.model_validate(values)
     except ValidationError as exc:
         raise ValidationFailed(validation_errors(exc)) from None

@@ -28,7 +28,7 @@ from aiohttp.typedefs import Handler
 from api.envelope import JSON, error_response
 from api.keys import AUDIT, AUTH, METRICS, PRINCIPAL, SETTINGS, TRACE_ID
 from api.routing import PUBLIC, endpoint_of
-from services.audit import redact
+from services.audit import clean_text, redact
 from services.errors import ErrorCode, Forbidden, RateLimited, ServiceError, Unauthenticated
 from services.logs import trace_id_var
 from storage.audit import AuditRecord
@@ -99,7 +99,7 @@ async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
             tenant_id=principal.tenant_id if principal else None,
             ip=client_ip(request),
             method=request.method,
-            path=request.path,
+            path=clean_text(request.path),
             body=body,
             status=response.status,
             trace_id=request[TRACE_ID],
@@ -122,7 +122,7 @@ async def _audit_body(request: web.Request) -> Any:
 
 def _claimed_username(body: Any) -> str | None:
     name = body.get("username") if isinstance(body, dict) else None
-    return name[:64] if isinstance(name, str) else None
+    return name[:64] if isinstance(name, str) else None  # already cleaned by redact()
 
 
 def error_middleware(unavailable: dict[type[BaseException], str]) -> Middleware:

@@ -24,7 +24,7 @@ from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
 from api.envelope import json_response, parse_body, parse_query
-from services.errors import ErrorCode
+from services.errors import ErrorCode, NotFound
 
 PUBLIC = "public"
 AUTHENTICATED = "authenticated"
@@ -90,7 +90,7 @@ class Routes:
         def register(handler: Handler) -> Handler:
             endpoint = Endpoint(method=method, path=path, access=access, summary=summary,
                                 tag=self.tag, name=handler.__name__, **options)
-            wrapped = handler if endpoint.raw_content_type else _enveloped(endpoint, handler)
+            wrapped = _wrapped(endpoint, handler)
             wrapped.endpoint = endpoint  # type: ignore[attr-defined]
             self.table.route(method, path, name=f"{self.tag}.{endpoint.name}")(wrapped)
             self.endpoints.append(endpoint)
@@ -113,16 +113,23 @@ class Routes:
         return self.route("DELETE", path, **kwargs)
 
 
-def _enveloped(endpoint: Endpoint, handler: Handler) -> Handler:
-    adapter: TypeAdapter[Any] = TypeAdapter(endpoint.response)
+def _wrapped(endpoint: Endpoint, handler: Handler) -> Handler:
+    """The aiohttp handler: parses the declared body and query, calls ``handler`` and,
+    unless it is raw, wraps its result in the envelope."""
+    adapter: TypeAdapter[Any] | None = (
+        None if endpoint.raw_content_type else TypeAdapter(endpoint.response))
 
     async def handle(request: web.Request) -> web.StreamResponse:
+        if any("\x00" in value for value in request.match_info.values()):
+            raise NotFound()  # no id can contain NUL (PostgreSQL text cannot)
         kwargs: dict[str, Any] = {}
         if endpoint.body is not None:
             kwargs["body"] = await parse_body(request, endpoint.body)
         if endpoint.query is not None:
             kwargs["query"] = parse_query(request, endpoint.query)
         result = await handler(request, **kwargs)
+        if adapter is None:
+            return result
         return json_response(request, adapter.dump_json(result), msg=endpoint.message)
 
     handle.__name__ = handler.__name__

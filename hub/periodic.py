@@ -61,23 +61,35 @@ class Periodic:
         self._job = job
         self._lock = lock
         self._task: asyncio.Task[None] | None = None
+        self._stopping = asyncio.Event()
         self.runs = 0
         self.failures = 0
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"periodic-{self.name}")
 
-    async def stop(self) -> None:
+    async def stop(self, timeout_s: float = 5.0) -> None:
+        # A flag, not only cancel(): on Python 3.11 asyncio.wait_for (used inside the
+        # drivers) can swallow a cancellation, which would leave the loop running.
+        self._stopping.set()
         if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await self._task
         with suppress(Exception):
             await self._lock.release()
 
     async def _loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._interval)
+        while not self._stopping.is_set():
+            with suppress(TimeoutError):
+                async with asyncio.timeout(self._interval):
+                    await self._stopping.wait()
+            if self._stopping.is_set():
+                return
             try:
                 if await self._lock.acquire_or_renew():
                     await self._job()

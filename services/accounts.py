@@ -19,7 +19,7 @@ async def create_admin(pool: asyncpg.Pool, hasher: PasswordHasher, *, username: 
                        password: str, reset: bool) -> str:
     """Create a platform admin, or with ``reset`` give an existing user a new password
     (ending its sessions). Returns "created" or "reset"."""
-    if not USERNAME_RE.match(username):
+    if not USERNAME_RE.fullmatch(username):
         raise field_error("username", "3..64 characters of A-Z a-z 0-9 _ . -")
     problem = password_problem(password)
     if problem:

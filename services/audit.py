@@ -19,6 +19,7 @@ import asyncpg
 
 from storage import audit as audit_store
 from storage.audit import AuditFilter, AuditRecord
+from storage.db import UNAVAILABLE_ERRORS
 
 log = logging.getLogger(__name__)
 
@@ -31,14 +32,22 @@ _RETRY_MAX_S = 5.0
 
 
 def redact(value: Any) -> Any:
-    """A copy of a JSON value with every secret-named key's value replaced, at any depth."""
+    """A copy of a JSON value with every secret-named key's value replaced, at any depth
+    (and NUL characters, which PostgreSQL cannot store, replaced)."""
     if isinstance(value, dict):
         return {
-            key: REDACTED if _is_secret(key) else redact(item) for key, item in value.items()
+            clean_text(key): REDACTED if _is_secret(key) else redact(item)
+            for key, item in value.items()
         }
     if isinstance(value, list):
         return [redact(item) for item in value]
+    if isinstance(value, str):
+        return clean_text(value)
     return value
+
+
+def clean_text(text: str) -> str:
+    return text.replace("\x00", "\ufffd")
 
 
 def _is_secret(key: object) -> bool:
@@ -61,6 +70,7 @@ class AuditTrail:
         self._wakeup = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         self.dropped = 0
         self.written = 0
 
@@ -84,9 +94,17 @@ class AuditTrail:
     async def close(self, timeout_s: float) -> None:
         """Stop the writer and write everything still in memory (clean shutdown)."""
         if self._task is not None:
-            self._task.cancel()
-            with suppress(asyncio.CancelledError):
-                await self._task
+            # Let a write in progress finish rather than cancel it half-way (it could have
+            # committed without us knowing); cancel only a writer stuck past the grace time.
+            self._stopping = True
+            self._wakeup.set()
+            try:
+                async with asyncio.timeout(timeout_s):
+                    await asyncio.shield(self._task)
+            except TimeoutError:
+                self._task.cancel()
+                with suppress(asyncio.CancelledError):
+                    await self._task
         try:
             async with asyncio.timeout(timeout_s):
                 await self.flush()
@@ -100,11 +118,13 @@ class AuditTrail:
 
     async def _run(self) -> None:
         delay = self._interval
-        while True:
+        while not self._stopping:
             with suppress(TimeoutError):
                 async with asyncio.timeout(delay):
                     await self._wakeup.wait()
             self._wakeup.clear()
+            if self._stopping:
+                return
             try:
                 await self.flush()
                 delay = self._interval
@@ -119,11 +139,33 @@ class AuditTrail:
             if not batch:
                 return
             async with self._pool.acquire() as conn:
-                await audit_store.copy_in(conn, batch)
-            # Only now are they safe; a failure above leaves them queued for the retry.
+                try:
+                    await audit_store.copy_in(conn, batch)
+                    written = len(batch)
+                except UNAVAILABLE_ERRORS:
+                    raise  # keep them queued for the retry
+                except Exception:
+                    # Refused (by PostgreSQL or by the driver's encoder): one bad record
+                    # must not block the trail, so write them one by one.
+                    written = await self._write_one_by_one(conn, batch)
             for _ in batch:
                 self._pending.popleft()
-            self.written += len(batch)
+            self.written += written
+
+    async def _write_one_by_one(self, conn: asyncpg.Connection,
+                                batch: list[AuditRecord]) -> int:
+        written = 0
+        for entry in batch:
+            try:
+                await audit_store.copy_in(conn, [entry])
+                written += 1
+            except UNAVAILABLE_ERRORS:
+                raise
+            except Exception:
+                self.dropped += 1
+                log.exception("audit record refused by PostgreSQL; dropped",
+                              extra={"audit_trace_id": entry.trace_id})
+        return written
 
     async def page(self, flt: AuditFilter, *, page: int, page_size: int) -> AuditPage:
         rows, total = await audit_store.page(self._pool, flt, limit=page_size,

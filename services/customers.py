@@ -12,11 +12,12 @@ from storage.revocations import Revocations
 
 
 class CustomerService:
-    def __init__(self, pool: asyncpg.Pool, hasher: PasswordHasher,
-                 revocations: Revocations) -> None:
+    def __init__(self, pool: asyncpg.Pool, hasher: PasswordHasher, revocations: Revocations,
+                 access_ttl_s: int) -> None:
         self._pool = pool
         self._hasher = hasher
         self._revocations = revocations
+        self._access_ttl_s = access_ttl_s
 
     async def create(self, *, name: str, contact_name: str | None, contact_email: str | None,
                      username: str, password: str) -> tuple[asyncpg.Record, int]:
@@ -48,13 +49,19 @@ class CustomerService:
         return row
 
     async def set_enabled(self, tenant_id: int, enabled: bool) -> None:
-        """Enable or disable; disabling ends every login of the tenant's users at once."""
+        """Enable or disable; disabling ends every login of the tenant's users for good
+        (enabling again does not bring them back: the users log in anew)."""
+        live: list[str] = []
         async with self._pool.acquire() as conn, conn.transaction():
             if not await tenants.set_status(conn, tenant_id,
                                             "active" if enabled else "disabled"):
                 raise NotFound("customer not found")
             if not enabled:
-                await sessions.revoke_users(conn, await tenants.user_ids(conn, tenant_id),
-                                            "tenant disabled")
-        # After the commit: the marker is what makes access tokens fail on the next request.
+                user_ids = await tenants.user_ids(conn, tenant_id)
+                live = [str(sid) for sid in
+                        await sessions.recent_sessions(conn, user_ids, self._access_ttl_s)]
+                await sessions.revoke_users(conn, user_ids, "tenant disabled")
+        # After the commit. The marker answers 40302 from the next request on; the revoked
+        # sessions keep old access tokens dead once the tenant is enabled again.
+        await self._revocations.revoke(jti=None, sids=live, ttl_s=self._access_ttl_s)
         await self._revocations.set_tenant_disabled(tenant_id, not enabled)

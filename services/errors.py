@@ -115,5 +115,9 @@ class Unavailable(ServiceError):
     code = ErrorCode.UNAVAILABLE
 
 
+# PostgreSQL text cannot hold U+0000, so no field may contain it.
+NUL_MESSAGE = "must not contain the NUL character"
+
+
 def field_error(field: str, message: str) -> ValidationFailed:
     return ValidationFailed([{"field": field, "message": message}])

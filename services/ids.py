@@ -16,7 +16,10 @@ DATASET = "ds"
 ALERT = "alert"
 
 _MAX_BIGINT = 2**63 - 1
-_ID_RE = re.compile(r"^([a-z]+)-(\d{1,19})$")
+# ASCII digits in canonical form only: "job-01" or a job id in other scripts is not job-1.
+_NUMBER = r"(?:0|[1-9][0-9]{0,18})"
+_ID_RE = re.compile(rf"([a-z]+)-({_NUMBER})")
+_PLAIN_RE = re.compile(_NUMBER)
 
 
 def format_id(prefix: str, number: int) -> str:
@@ -24,7 +27,14 @@ def format_id(prefix: str, number: int) -> str:
 
 
 def parse_id(prefix: str, text: str, what: str) -> int:
-    match = _ID_RE.match(text)
+    match = _ID_RE.fullmatch(text)
     if match is None or match[1] != prefix or int(match[2]) > _MAX_BIGINT:
         raise NotFound(f"{what} not found")
     return int(match[2])
+
+
+def parse_number(text: str, what: str) -> int:
+    """A plain numeric id (tenants, users)."""
+    if _PLAIN_RE.fullmatch(text) is None or int(text) > _MAX_BIGINT:
+        raise NotFound(f"{what} not found")
+    return int(text)

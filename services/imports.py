@@ -13,12 +13,14 @@ import io
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 from openpyxl import Workbook, load_workbook
 from pydantic import ValidationError
 
-from services.errors import ErrorCode, ServiceError
+from services.errors import NUL_MESSAGE, ErrorCode, ServiceError
 from services.machines import MachineService, MachineSpec, Registered
+from services.rules import find_nul
 from storage import machines as machine_store
 
 MAX_BYTES = 20 * 1024 * 1024
@@ -61,20 +63,20 @@ def _error(row: int, field: str | None, message: str) -> dict[str, Any]:
 
 
 def _read_xlsx(data: bytes) -> list[list[Any]]:
+    # Read-only workbooks parse lazily: a damaged sheet fails while iterating.
     try:
         workbook = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
+        try:
+            rows = []
+            for values in workbook.worksheets[0].iter_rows(values_only=True):
+                rows.append(list(values))
+                if len(rows) > MAX_ROWS + 1:
+                    break
+            return rows
+        finally:
+            workbook.close()
     except Exception:
         raise ImportRejected([_error(1, None, "not a readable .xlsx workbook")]) from None
-    try:
-        sheet = workbook.worksheets[0]
-        rows = []
-        for values in sheet.iter_rows(values_only=True):
-            rows.append(list(values))
-            if len(rows) > MAX_ROWS + 1:
-                break
-        return rows
-    finally:
-        workbook.close()
 
 
 def _read_csv(data: bytes) -> list[list[Any]]:
@@ -129,6 +131,9 @@ def _spec(row_number: int, record: dict[str, Any]) -> tuple[MachineSpec | None, 
             record["labels"] = orjson.loads(record["labels"])
         except orjson.JSONDecodeError:
             return None, [_error(row_number, "labels", "must be a JSON object")]
+    nul = find_nul(record)
+    if nul is not None:
+        return None, [_error(row_number, nul, NUL_MESSAGE)]
     for text_field in ("id", "name", "region", "ip", "gpu_model", "cpu_info", "ssh_host",
                        "ssh_user", "jupyter_url"):
         if isinstance(record.get(text_field), int | float):
@@ -192,7 +197,7 @@ def template(kind: str) -> bytes:
 
 
 class ImportService:
-    def __init__(self, machines: MachineService, pool: Any) -> None:
+    def __init__(self, machines: MachineService, pool: asyncpg.Pool) -> None:
         self._machines = machines
         self._pool = pool
 

@@ -43,6 +43,10 @@ _REVOKE_USERS = """
 UPDATE refresh_tokens SET revoked_at = now(), revoke_reason = $2
 WHERE user_id = ANY($1::bigint[]) AND revoked_at IS NULL
 """
+_RECENT_SESSIONS = """
+SELECT DISTINCT session_id FROM refresh_tokens
+WHERE user_id = ANY($1::bigint[]) AND created_at > now() - make_interval(secs => $2)
+"""
 _SESSION_OF_HASH = "SELECT session_id FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2"
 
 
@@ -76,3 +80,10 @@ async def revoke_users(db: Executor, user_ids: list[int], reason: str) -> None:
 
 async def session_of_hash(db: Executor, token_hash: bytes, user_id: int) -> UUID | None:
     return await db.fetchval(_SESSION_OF_HASH, token_hash, user_id)
+
+
+async def recent_sessions(db: Executor, user_ids: list[int], within_s: int) -> list[UUID]:
+    """Logins of these users that issued a token in the last ``within_s`` seconds: those
+    that may still hold a live access token."""
+    return [row["session_id"]
+            for row in await db.fetch(_RECENT_SESSIONS, user_ids, float(within_s))]

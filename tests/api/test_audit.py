@@ -4,6 +4,7 @@ redacted at any depth, written off the request path, flushed on shutdown."""
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC, datetime
 
 from api.keys import AUDIT
 from tests.helpers import call, login
@@ -241,3 +242,28 @@ async def test_operator_can_read_the_audit_list(client, accounts):
     tokens = await login(client, await accounts.user("ops", "operator"))
     status, _ = await call(client, "GET", AUDIT_LOGS, token=tokens["access_token"])
     assert status == 200
+
+
+async def test_nul_characters_never_block_the_trail(client, db):
+    await call(client, "POST", "/api/v1/no%00where", json={"na\u0000me": "x\u0000y"})
+    await call(client, "POST", "/api/v1/after", json={})
+    await client.app[AUDIT].flush()
+    rows = await _rows(db)
+    assert [r["path"] for r in rows] == ["/api/v1/no\ufffdwhere", "/api/v1/after"]
+    assert rows[0]["body"] == {"na\ufffdme": "x\ufffdy"}
+
+
+async def test_a_record_postgres_refuses_is_dropped_and_the_rest_written(client, db):
+    from storage.audit import AuditRecord
+
+    trail = client.app[AUDIT]
+    good = dict(created_at=datetime.now(UTC), user_id=None, username=None, tenant_id=None,
+                ip="127.0.0.1", method="POST", path="/ok", body=None, status=200,
+                trace_id="t", duration_ms=1.0)
+    trail.record(AuditRecord(**good))
+    trail.record(AuditRecord(**{**good, "ip": "not-an-ip", "path": "/bad-ip"}))
+    trail.record(AuditRecord(**{**good, "path": "/bad\x00path"}))
+    trail.record(AuditRecord(**{**good, "path": "/ok2"}))
+    await trail.flush()
+    assert [r["path"] for r in await _rows(db)] == ["/ok", "/ok2"]
+    assert (trail.pending, trail.dropped) == (0, 2)

@@ -117,3 +117,28 @@ async def test_insane_request_id_is_replaced(client):
     resp = await client.get("/healthz", headers={"X-Request-Id": "bad id<script>"})
     assert resp.headers["X-Trace-Id"] != "bad id<script>"
     assert len(resp.headers["X-Trace-Id"]) == 32
+
+
+async def test_nul_character_in_a_body_field_is_40001_naming_it(client, accounts):
+    admin = await login(client, await accounts.user("root-admin"))
+    status, body = await call(client, "POST", "/api/v1/admin/machines",
+                              token=admin["access_token"],
+                              json={"name": "a\u0000b", "ip": "10.0.0.1", "gpu_model": "x",
+                                    "gpu_count": 1, "labels": {"k": "v"}})
+    assert (status, body["code"]) == (400, 40001)
+    assert body["data"]["errors"] == [{"field": "name",
+                                       "message": "must not contain the NUL character"}]
+
+
+async def test_nul_character_in_a_query_value_is_40001(client, accounts):
+    admin = await login(client, await accounts.user("root-admin"))
+    status, body = await call(client, "GET", "/api/v1/admin/machines?keyword=a%00b",
+                              token=admin["access_token"])
+    assert (status, body["data"]["errors"][0]["field"]) == (400, "keyword")
+
+
+async def test_nul_character_in_a_path_id_is_40401(client, accounts):
+    admin = await login(client, await accounts.user("root-admin"))
+    status, body = await call(client, "GET", "/api/v1/admin/machines/m%001",
+                              token=admin["access_token"])
+    assert (status, body["code"]) == (404, 40401)
