@@ -1,11 +1,11 @@
-"""The app factory: the one place where storage objects are wired into services and the
-HTTP layer. Tests build the app with this same function."""
+"""The app factory: the one place where storage objects are wired into services, the
+real-time hub and the HTTP layer. Tests build the app with this same function."""
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from importlib import metadata
 
 import aiohttp_jinja2
@@ -13,6 +13,8 @@ import jinja2
 from aiohttp import web
 
 from api import (
+    agent,
+    alerts,
     allocations,
     audit,
     auth,
@@ -22,15 +24,22 @@ from api import (
     docs,
     jobs,
     machines,
+    monitoring,
     ops,
 )
 from api.keys import (
+    AGENT_AUTH,
+    AGENT_SOCKETS,
+    ALERTS,
     ALLOCATIONS,
     AUDIT,
     AUTH,
+    BUS,
     CUSTOMERS,
     DASHBOARD,
+    DISPATCHER,
     IMPORTS,
+    INGEST,
     JOBS,
     MACHINES,
     METRICS,
@@ -40,15 +49,32 @@ from api.keys import (
     REDIS,
     REDIS_KEYS,
     SETTINGS,
+    STATE,
+    TELEMETRY,
     TENANT_MACHINES,
+    TIMESCALEDB,
 )
 from api.metrics import HttpMetrics
 from api.middlewares import audit as audit_middleware
 from api.middlewares import authenticate, authorize, error_middleware, trace
 from api.openapi import build_document
 from api.routing import Routes, check_all_declared
+from hub.agent_ws import CLOSE_UNAUTHENTICATED, AgentSockets
+from hub.bus import TELEMETRY as TELEMETRY_CHANNEL
+from hub.bus import Bus
+from hub.dispatcher import Dispatcher
+from hub.heartbeats import HeartbeatSink
+from hub.ingest import Ingest
+from hub.monitor import Liveness
 from hub.periodic import LeaderLock, Periodic, lock_ttl
+from hub.rollups import DirtyMinutes, TelemetryMaintenance
+from hub.state import LatestState
+from hub.writer import TelemetryWriter
+from services import events
 from services.accounts import sync_disabled_markers
+from services.agents import AgentAuth
+from services.alert_rules import FrameRules
+from services.alerts import AlertService
 from services.allocations import AllocationService
 from services.audit import AuditTrail
 from services.auth import AuthService
@@ -59,9 +85,13 @@ from services.jobs import JobService
 from services.machines import MachineService
 from services.passwords import PasswordHasher
 from services.settings import Settings
+from services.telemetry import TelemetryService
 from services.tenant_machines import TenantMachineService
 from services.tokens import AccessTokens
+from storage import alerts as alert_store
 from storage import cache, db, roles
+from storage import machines as machine_store
+from storage.migrate import applied_telemetry_variant
 from storage.ratelimit import FailureCounter
 from storage.revocations import Revocations
 
@@ -69,9 +99,12 @@ log = logging.getLogger(__name__)
 
 RESOURCES: tuple[Routes, ...] = (
     auth.routes, machines.routes, allocations.routes, customers.routes, dashboard.routes,
-    customer.routes, jobs.routes, audit.routes, ops.routes, docs.routes,
+    monitoring.routes, alerts.routes, customer.routes, jobs.routes, agent.routes,
+    audit.routes, ops.routes, docs.routes,
 )
 _POOL_CLOSE_TIMEOUT_S = 5.0
+DISPATCH_REFRESH_S = 5.0
+PARTITION_INTERVAL_S = 3600.0
 
 
 def version() -> str:
@@ -91,7 +124,8 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = HttpMetrics()
-    app.cleanup_ctx.extend([_postgres, _redis, _services, _audit_trail, _periodic_jobs])
+    app.cleanup_ctx.extend([_postgres, _redis, _bus, _services, _audit_trail, _realtime,
+                            _periodic_jobs])
     endpoints = []
     for resource in RESOURCES:
         app.add_routes(resource.table)
@@ -107,6 +141,8 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
     pool = await db.create_pool(settings.database_url, min_size=settings.db_pool_min,
                                 max_size=settings.db_pool_max)
     app[PG_POOL] = pool
+    async with pool.acquire() as conn:
+        app[TIMESCALEDB] = await applied_telemetry_variant(conn) == "timescaledb"
     yield
     try:
         await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT_S)
@@ -123,13 +159,29 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     await client.aclose()
 
 
+async def _bus(app: web.Application) -> AsyncIterator[None]:
+    bus = Bus(app[REDIS], app[REDIS_KEYS])
+    app[BUS] = bus
+    metrics = app[METRICS]
+    metrics.counter("remotegpu_bus_dropped", "messages not sent to other processes (Redis "
+                    "down, queue full)", lambda: bus.dropped)
+    metrics.counter("remotegpu_bus_reconnects", "Redis pub/sub reconnections",
+                    lambda: bus.reconnects)
+    metrics.counter("remotegpu_bus_received", "messages received from other processes",
+                    lambda: bus.received)
+    bus.start()
+    yield
+    await bus.stop()
+
+
 async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    pool, keys = app[PG_POOL], app[REDIS_KEYS]
+    pool, keys, bus = app[PG_POOL], app[REDIS_KEYS], app[BUS]
     revocations = Revocations(app[REDIS], keys)
     await sync_disabled_markers(pool, revocations)
     hasher = PasswordHasher(time_cost=settings.argon2_time_cost,
                             memory_kib=settings.argon2_memory_kib)
+    app[STATE] = LatestState()
     app[AUTH] = AuthService(
         pool=pool,
         revocations=revocations,
@@ -142,13 +194,17 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         login_max_failures=settings.login_max_failures,
         login_window_s=settings.login_window_s,
     )
-    app[MACHINES] = MachineService(pool)
+    app[ALERTS] = AlertService(pool, bus)
+    app[MACHINES] = MachineService(pool, bus)
     app[IMPORTS] = ImportService(app[MACHINES], pool)
-    app[ALLOCATIONS] = AllocationService(pool)
-    app[JOBS] = JobService(pool, app[ALLOCATIONS])
+    app[ALLOCATIONS] = AllocationService(pool, app[ALERTS], bus)
+    app[JOBS] = JobService(pool, app[ALLOCATIONS], app[ALERTS], bus, settings.job_timeout_s)
     app[CUSTOMERS] = CustomerService(pool, hasher, revocations, settings.access_token_ttl_s)
-    app[DASHBOARD] = DashboardService(pool)
-    app[TENANT_MACHINES] = TenantMachineService(pool)
+    app[DASHBOARD] = DashboardService(pool, app[STATE].avg_gpu_util)
+    app[TENANT_MACHINES] = TenantMachineService(pool, bus)
+    app[AGENT_AUTH] = AgentAuth(pool)
+    app[TELEMETRY] = TelemetryService(pool, app[REDIS], keys, timescaledb=app[TIMESCALEDB],
+                                      heartbeat_timeout_s=settings.heartbeat_timeout_s)
     yield
     hasher.close()
 
@@ -162,25 +218,128 @@ async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
     metrics.gauge("remotegpu_audit_pending", "audit records waiting to be written",
                   lambda: trail.pending)
     metrics.counter("remotegpu_audit_dropped", "audit records dropped (queue full)",
-                  lambda: trail.dropped)
+                    lambda: trail.dropped)
     trail.start()
     yield
     await trail.close(settings.shutdown_grace_s)
 
 
+def _monitor_lock(app: web.Application, name: str, interval_s: float) -> LeaderLock:
+    return LeaderLock(app[REDIS], app[REDIS_KEYS].periodic_lock(name), lock_ttl(interval_s))
+
+
+async def _realtime(app: web.Application) -> AsyncIterator[None]:
+    """The telemetry path and agent sockets: state, writers, alert rules, dispatch."""
+    settings, pool, bus, state = app[SETTINGS], app[PG_POOL], app[BUS], app[STATE]
+    state.load(await machine_store.all_states(pool))
+    dirty = None if app[TIMESCALEDB] else DirtyMinutes(app[REDIS], app[REDIS_KEYS])
+    writer = TelemetryWriter(pool, batch_rows=settings.ingest_batch_rows,
+                             flush_s=settings.ingest_flush_s,
+                             queue_rows=settings.ingest_queue_rows,
+                             on_written=dirty.mark if dirty else None)
+    sink = HeartbeatSink(app[REDIS], app[REDIS_KEYS], bus, flush_s=settings.redis_flush_s,
+                         heartbeat_ttl_s=int(max(settings.heartbeat_timeout_s * 4, 120)))
+    rules = FrameRules(temp_c=settings.alert_gpu_temp_c,
+                       temp_samples=settings.alert_gpu_temp_samples,
+                       disk_pct=settings.alert_disk_pct)
+    rules.load_open(await alert_store.open_keys(pool))
+    liveness = Liveness(pool, app[REDIS], app[REDIS_KEYS], app[ALERTS], bus,
+                        timeout_s=settings.heartbeat_timeout_s)
+    monitor = Periodic("liveness", settings.monitor_interval_s, liveness.scan,
+                       _monitor_lock(app, "liveness", settings.monitor_interval_s))
+    ingest = Ingest(state=state, writer=writer, sink=sink, rules=rules, alerts=app[ALERTS],
+                    leading=lambda: monitor.leading, came_online=liveness.came_online)
+    dispatcher = Dispatcher(app[JOBS])
+    sockets = AgentSockets(ingest=ingest, dispatcher=dispatcher, jobs=app[JOBS],
+                           auth=app[AGENT_AUTH])
+    app[INGEST], app[DISPATCHER], app[AGENT_SOCKETS] = ingest, dispatcher, sockets
+    app[PERIODIC] = {"liveness": monitor}
+
+    bus.subscribe(events.MACHINE_STATUS, state.apply_status)
+    bus.subscribe(events.MACHINE_DELETED, lambda data: _forget(app, rules, data["machine_id"]))
+    bus.subscribe(events.JOB_QUEUED, dispatcher.on_job_queued)
+    bus.subscribe(events.AGENT_TOKEN_ROTATED, lambda data: _token_rotated(app, data))
+    bus.subscribe(events.ALERT, lambda data: rules.note(data["machine_id"], data["rule"],
+                                                        data["status"]))
+    bus.subscribe(TELEMETRY_CHANNEL, ingest.apply_remote)
+    _register_ingest_metrics(app, ingest, writer, sink, sockets)
+
+    writer.start()
+    sink.start()
+    yield
+    await sockets.close_all()
+    await dispatcher.stop()
+    await ingest.drain()
+    await sink.close()
+    await writer.close(settings.shutdown_grace_s)
+
+
+def _forget(app: web.Application, rules: FrameRules, machine_id: str) -> None:
+    app[STATE].remove(machine_id)
+    rules.forget(machine_id)
+    asyncio.get_running_loop().create_task(
+        cache.forget_machine(app[REDIS], app[REDIS_KEYS], machine_id))
+
+
+def _token_rotated(app: web.Application, data: dict[str, str]) -> None:
+    app[AGENT_AUTH].forget(data["machine_id"])
+    asyncio.get_running_loop().create_task(app[AGENT_SOCKETS].close_machine(
+        data["machine_id"], CLOSE_UNAUTHENTICATED, "agent token rotated"))
+
+
+def _register_ingest_metrics(app: web.Application, ingest: Ingest, writer: TelemetryWriter,
+                             sink: HeartbeatSink, sockets: AgentSockets) -> None:
+    metrics = app[METRICS]
+    metrics.counter("remotegpu_ingest_frames", "metrics frames accepted", lambda: ingest.frames)
+    metrics.counter("remotegpu_ingest_rows_written", "telemetry rows written to PostgreSQL",
+                    lambda: writer.rows_written)
+    metrics.counter("remotegpu_ingest_rows_dropped", "telemetry rows dropped because the "
+                    "write queue was full", lambda: writer.rows_dropped)
+    metrics.gauge("remotegpu_ingest_rows_queued", "telemetry rows waiting to be written",
+                  lambda: writer.queued)
+    metrics.counter("remotegpu_ingest_batches", "COPY batches written", lambda: writer.batches)
+    metrics.counter("remotegpu_ingest_write_failures", "COPY batches that failed (retried)",
+                    lambda: writer.failures)
+    metrics.gauge("remotegpu_ingest_last_batch_seconds", "duration of the last COPY batch",
+                  lambda: writer.last_batch_s)
+    metrics.counter("remotegpu_redis_heartbeat_failures", "heartbeat pipelines that failed "
+                    "(retried)", lambda: sink.failures)
+    metrics.gauge("remotegpu_agent_sockets", "agent WebSockets open on this process",
+                  lambda: sockets.count)
+    metrics.counter("remotegpu_agent_bad_messages", "agent messages rejected",
+                    lambda: sockets.bad_messages)
+
+
 async def _periodic_jobs(app: web.Application) -> AsyncIterator[None]:
-    settings, keys = app[SETTINGS], app[REDIS_KEYS]
-    interval = settings.lease_check_interval_s
-    jobs = [
-        Periodic("lease_expiry", interval, app[ALLOCATIONS].reclaim_expired,
-                 LeaderLock(app[REDIS], keys.periodic_lock("lease_expiry"), lock_ttl(interval))),
-    ]
-    app[PERIODIC] = jobs
-    for job in jobs:
+    settings = app[SETTINGS]
+    allocations, alerts_, jobs_ = app[ALLOCATIONS], app[ALERTS], app[JOBS]
+
+    async def leases() -> None:
+        await allocations.reclaim_expired()
+        await allocations.notify_expiring(settings.lease_notice_days)
+        await alerts_.resolve_quiet(settings.alert_quiet_s)
+
+    def leader(name: str, interval: float, job: Callable[[], Awaitable[object]]) -> Periodic:
+        return Periodic(name, interval, job, _monitor_lock(app, name, interval))
+
+    periodic = app[PERIODIC]
+    periodic["lease_expiry"] = leader("lease_expiry", settings.lease_check_interval_s, leases)
+    periodic["job_timeouts"] = leader("job_timeouts", settings.monitor_interval_s,
+                                      jobs_.time_out_overdue)
+    periodic["dispatch_refresh"] = Periodic("dispatch_refresh", DISPATCH_REFRESH_S,
+                                            app[DISPATCHER].refresh)
+    if not app[TIMESCALEDB]:
+        maintenance = TelemetryMaintenance(
+            app[PG_POOL], DirtyMinutes(app[REDIS], app[REDIS_KEYS]),
+            retention_days=settings.retention_days)
+        periodic["rollups"] = leader("rollups", settings.rollup_interval_s, maintenance.rollup)
+        periodic["partitions"] = leader("partitions", PARTITION_INTERVAL_S,
+                                        maintenance.partitions)
+    for job in periodic.values():
         app[METRICS].counter(f"remotegpu_periodic_{job.name}_runs",
                              f"runs of the {job.name} job by this process",
                              lambda job=job: job.runs)
         job.start()
     yield
-    for job in jobs:
+    for job in periodic.values():
         await job.stop()

@@ -8,8 +8,9 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
 from api.items import JobRef
-from api.keys import PRINCIPAL, TENANT_MACHINES
+from api.keys import PRINCIPAL, STATE, TELEMETRY, TENANT_MACHINES
 from api.models import Body
+from api.monitoring import Trend, TrendQueryOwn
 from api.routing import Routes
 from services.errors import ErrorCode
 from services.ids import JOB, format_id
@@ -53,7 +54,9 @@ class SshResetIn(Body):
             description="Machines leased to the caller's tenant, by id.")
 async def my_machines(request: web.Request) -> list[CustomerMachine]:
     rows = await request.app[TENANT_MACHINES].list(request[PRINCIPAL].tenant_id)
-    return [CustomerMachine.model_validate(dict(r)) for r in rows]
+    state = request.app[STATE]
+    return [CustomerMachine.model_validate({**dict(r), "gpu_util": state.gpu_util(r["id"])})
+            for r in rows]
 
 
 @routes.get("/api/v1/customer/machines/{id}/connection", access="tenant:machine:read",
@@ -76,3 +79,15 @@ async def ssh_reset(request: web.Request, body: SshResetIn) -> JobRef:
     job_id = await request.app[TENANT_MACHINES].reset_ssh(
         principal.tenant_id, request.match_info["id"], body.public_key, principal.user_id)
     return JobRef(job_id=format_id(JOB, job_id))
+
+
+@routes.get("/api/v1/customer/machines/{id}/metrics", access="tenant:machine:read",
+            summary="GPU utilisation of one of my machines over time", query=TrendQueryOwn,
+            response=Trend, errors=(ErrorCode.NOT_FOUND,),
+            description="Same shape as the admin gpu-trend; only data since the lease began.")
+async def my_machine_metrics(request: web.Request, query: TrendQueryOwn) -> Trend:
+    row = await request.app[TENANT_MACHINES].get(request[PRINCIPAL].tenant_id,
+                                                 request.match_info["id"])
+    interval, points = await request.app[TELEMETRY].trend(
+        query.range, machine_id=row["id"], not_before=row["lease_start"])
+    return Trend.model_validate({"interval": interval, "points": points})

@@ -7,7 +7,14 @@ import redis.asyncio as redis
 from aiohttp import web
 
 from api.metrics import HttpMetrics
+from hub.agent_ws import AgentSockets
+from hub.bus import Bus
+from hub.dispatcher import Dispatcher
+from hub.ingest import Ingest
 from hub.periodic import Periodic
+from hub.state import LatestState
+from services.agents import AgentAuth, AgentIdentity
+from services.alerts import AlertService
 from services.allocations import AllocationService
 from services.audit import AuditTrail
 from services.auth import AuthService, Principal
@@ -17,6 +24,7 @@ from services.imports import ImportService
 from services.jobs import JobService
 from services.machines import MachineService
 from services.settings import Settings
+from services.telemetry import TelemetryService
 from services.tenant_machines import TenantMachineService
 from storage.cache import Keys
 
@@ -33,9 +41,19 @@ JOBS = web.AppKey("jobs", JobService)
 CUSTOMERS = web.AppKey("customers", CustomerService)
 DASHBOARD = web.AppKey("dashboard", DashboardService)
 TENANT_MACHINES = web.AppKey("tenant_machines", TenantMachineService)
-PERIODIC = web.AppKey("periodic", list[Periodic])
+PERIODIC = web.AppKey("periodic", dict[str, Periodic])
+TIMESCALEDB = web.AppKey("timescaledb", bool)
+BUS = web.AppKey("bus", Bus)
+STATE = web.AppKey("state", LatestState)
+ALERTS = web.AppKey("alerts", AlertService)
+TELEMETRY = web.AppKey("telemetry", TelemetryService)
+AGENT_AUTH = web.AppKey("agent_auth", AgentAuth)
+INGEST = web.AppKey("ingest", Ingest)
+DISPATCHER = web.AppKey("dispatcher", Dispatcher)
+AGENT_SOCKETS = web.AppKey("agent_sockets", AgentSockets)
 METRICS = web.AppKey("metrics", HttpMetrics)
 OPENAPI = web.AppKey("openapi", dict)
 
 TRACE_ID = web.RequestKey("trace_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)
+AGENT_IDENTITY = web.RequestKey("agent_identity", AgentIdentity)

@@ -8,7 +8,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
 from api.items import AllocationItem
-from api.keys import ALLOCATIONS, IMPORTS, MACHINES, PRINCIPAL
+from api.keys import ALLOCATIONS, IMPORTS, MACHINES, PRINCIPAL, STATE
 from api.models import Body, Page, PageQuery, Query
 from api.routing import Routes
 from services import imports
@@ -79,11 +79,29 @@ class GpuDevice(BaseModel):
     memory_total_mib: int | None
 
 
+class LatestGpu(BaseModel):
+    index: int
+    util: float
+    mem_used: float = Field(description="MiB")
+    mem_total: float = Field(description="MiB")
+    temp: float
+    power: float
+
+
+class LatestMetrics(BaseModel):
+    ts: float = Field(description="sample time, epoch seconds")
+    cpu_util: float
+    mem_used: float = Field(description="GB")
+    mem_total: float = Field(description="GB")
+    disk_used: float = Field(description="GB")
+    disk_total: float = Field(description="GB")
+    gpus: list[LatestGpu]
+
+
 class MachineDetail(MachineItem):
     gpus: list[GpuDevice]
     allocation: AllocationItem | None
-    latest: dict[str, Any] | None = Field(None, description="latest metrics; null until the "
-                                                            "agent reports")
+    latest: LatestMetrics | None = Field(None, description="null until the agent reports")
 
 
 class MaintenanceIn(Body):
@@ -151,8 +169,10 @@ async def list_machines(request: web.Request, query: MachineQuery) -> Page[Machi
                         tenant_id=query.tenant_id, keyword=query.keyword)
     rows, total = await request.app[MACHINES].page(flt, limit=query.page_size,
                                                    offset=query.offset)
-    return Page[MachineItem](list=[MachineItem.from_row(r) for r in rows], total=total,
-                             page=query.page, page_size=query.page_size)
+    state = request.app[STATE]
+    return Page[MachineItem](
+        list=[MachineItem.from_row(r, gpu_util=state.gpu_util(r["id"])) for r in rows],
+        total=total, page=query.page, page_size=query.page_size)
 
 
 @routes.post("/api/v1/admin/machines", access="machine:write", summary="Register a machine",
@@ -172,8 +192,16 @@ async def get_machine(request: web.Request) -> MachineDetail:
     if detail.machine["allocation_id"] is not None:
         allocation = AllocationItem.from_row(
             await request.app[ALLOCATIONS].get(detail.machine["allocation_id"]))
+    sample = request.app[STATE].samples.get(detail.machine["id"])
+    latest = None
+    if sample is not None:
+        latest = {key: getattr(sample, key) for key in (
+            "ts", "cpu_util", "mem_used", "mem_total", "disk_used", "disk_total")}
+        latest["gpus"] = [{k: g[k] for k in ("index", "util", "mem_used", "mem_total", "temp",
+                                              "power")} for g in sample.gpus]
     return MachineDetail.from_row(detail.machine, gpus=[dict(g) for g in detail.gpus],
-                                  allocation=allocation)
+                                  allocation=allocation, latest=latest,
+                                  gpu_util=sample.gpu_util if sample else None)
 
 
 @routes.patch("/api/v1/admin/machines/{id}", access="machine:write",

@@ -26,8 +26,17 @@ from aiohttp import web
 from aiohttp.typedefs import Handler
 
 from api.envelope import JSON, error_response
-from api.keys import AUDIT, AUTH, METRICS, PRINCIPAL, SETTINGS, TRACE_ID
-from api.routing import PUBLIC, endpoint_of
+from api.keys import (
+    AGENT_AUTH,
+    AGENT_IDENTITY,
+    AUDIT,
+    AUTH,
+    METRICS,
+    PRINCIPAL,
+    SETTINGS,
+    TRACE_ID,
+)
+from api.routing import AGENT, PUBLIC, endpoint_of
 from services.audit import clean_text, redact
 from services.errors import ErrorCode, Forbidden, RateLimited, ServiceError, Unauthenticated
 from services.logs import trace_id_var
@@ -164,7 +173,10 @@ async def authenticate(request: web.Request, handler: Handler) -> web.StreamResp
     endpoint = endpoint_of(request)
     if endpoint is None or endpoint.access == PUBLIC:
         return await handler(request)
-    request[PRINCIPAL] = await request.app[AUTH].authenticate(bearer_token(request))
+    if endpoint.access == AGENT:
+        request[AGENT_IDENTITY] = await request.app[AGENT_AUTH].identify(bearer_token(request))
+    else:
+        request[PRINCIPAL] = await request.app[AUTH].authenticate(bearer_token(request))
     return await handler(request)
 
 

@@ -10,8 +10,9 @@ A handler is declared with its method, path, access, models and failure codes::
     async def login(request: web.Request, body: LoginIn) -> TokenOut: ...
 
 ``access`` is required: a permission string (``"machine:read"``), ``AUTHENTICATED`` (any
-logged-in user) or ``PUBLIC``. The app refuses to start if any route was added without a
-declaration (``check_all_declared``), so nothing is public by accident.
+logged-in user), ``AGENT`` (a machine's agent token) or ``PUBLIC``. The app refuses to
+start if any route was added without a declaration (``check_all_declared``), so nothing
+is public by accident.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from services.errors import ErrorCode, NotFound
 
 PUBLIC = "public"
 AUTHENTICATED = "authenticated"
+AGENT = "agent"  # a machine's agent token; user tokens are refused
 
 Handler = Callable[..., Awaitable[Any]]
 
@@ -53,7 +55,7 @@ class Endpoint:
 
     @property
     def permission(self) -> str | None:
-        return None if self.access in (PUBLIC, AUTHENTICATED) else self.access
+        return None if self.access in (PUBLIC, AUTHENTICATED, AGENT) else self.access
 
     @property
     def failure_codes(self) -> tuple[ErrorCode, ...]:
@@ -63,7 +65,9 @@ class Endpoint:
             codes += [ErrorCode.VALIDATION, ErrorCode.MALFORMED, ErrorCode.TOO_LARGE]
         if self.query is not None:
             codes.append(ErrorCode.VALIDATION)
-        if self.access != PUBLIC:
+        if self.access == AGENT:
+            codes.append(ErrorCode.UNAUTHENTICATED)
+        elif self.access != PUBLIC:
             codes += [ErrorCode.UNAUTHENTICATED, ErrorCode.TOKEN_EXPIRED, ErrorCode.DISABLED]
         if self.permission is not None:
             codes.append(ErrorCode.FORBIDDEN)

@@ -20,7 +20,7 @@ from services.errors import ServiceError
 from services.passwords import PasswordHasher
 from services.settings import Settings, SettingsError
 from storage import db
-from storage.migrate import MigrationError, migrate
+from storage.migrate import MigrationError, choose_timescaledb, migrate
 
 log = logging.getLogger("remotegpu")
 
@@ -95,7 +95,9 @@ async def _connect(settings: Settings) -> asyncpg.Connection:
 async def _migrate(settings: Settings) -> list[str]:
     conn = await _connect(settings)
     try:
-        return [f"{m.version:04d}_{m.name}" for m in await migrate(conn)]
+        timescaledb = await choose_timescaledb(conn, settings.timescaledb)
+        return [f"{m.version:04d}_{m.name}" for m in await migrate(conn,
+                                                                     timescaledb=timescaledb)]
     finally:
         await conn.close()
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 import uuid
 from collections.abc import Awaitable, Callable
 from contextlib import suppress
@@ -40,6 +41,7 @@ class LeaderLock:
     def __init__(self, client: redis.Redis, key: str, ttl_s: float) -> None:
         self._redis = client
         self.key = key
+        self.ttl_s = ttl_s
         self._ttl_ms = int(ttl_s * 1000)
         self.owner = uuid.uuid4().hex
 
@@ -52,10 +54,11 @@ class LeaderLock:
 
 
 class Periodic:
-    """Runs ``job`` every ``interval_s`` while this process holds the job's lock."""
+    """Runs ``job`` every ``interval_s``: with a ``lock``, only while this process holds
+    it (one process of the deployment); without, in every process."""
 
     def __init__(self, name: str, interval_s: float, job: Callable[[], Awaitable[object]],
-                 lock: LeaderLock) -> None:
+                 lock: LeaderLock | None = None) -> None:
         self.name = name
         self._interval = interval_s
         self._job = job
@@ -64,6 +67,12 @@ class Periodic:
         self._stopping = asyncio.Event()
         self.runs = 0
         self.failures = 0
+        self._held_until = 0.0  # monotonic time until which our lock is known to be held
+
+    @property
+    def leading(self) -> bool:
+        """True while this process holds the job's lock (always without a lock)."""
+        return self._lock is None or time.monotonic() < self._held_until
 
     def start(self) -> None:
         self._task = asyncio.create_task(self._loop(), name=f"periodic-{self.name}")
@@ -80,10 +89,15 @@ class Periodic:
                 self._task.cancel()
                 with suppress(asyncio.CancelledError):
                     await self._task
-        with suppress(Exception):
-            await self._lock.release()
+        if self._lock is not None:
+            with suppress(Exception):
+                await self._lock.release()
 
     async def _loop(self) -> None:
+        try:
+            await self._hold()  # know at once whether we lead, run the job on the next tick
+        except Exception:
+            log.warning("periodic job lock not taken", exc_info=True, extra={"job": self.name})
         while not self._stopping.is_set():
             with suppress(TimeoutError):
                 async with asyncio.timeout(self._interval):
@@ -91,12 +105,21 @@ class Periodic:
             if self._stopping.is_set():
                 return
             try:
-                if await self._lock.acquire_or_renew():
+                if await self._hold():
                     await self._job()
                     self.runs += 1
             except Exception:
                 self.failures += 1
                 log.exception("periodic job failed", extra={"job": self.name})
+
+
+    async def _hold(self) -> bool:
+        if self._lock is None:
+            return True
+        asked = time.monotonic()
+        held = await self._lock.acquire_or_renew()
+        self._held_until = asked + self._lock.ttl_s if held else 0.0
+        return held
 
 
 def lock_ttl(interval_s: float) -> float:

@@ -1,10 +1,11 @@
 """Leases: allocate (one machine or a batch, all or nothing), renew, reclaim (through an
-agent job, or forced), and the reclaim of expired leases.
+agent job, or forced), the reclaim of expired leases and the lease-expiring notice.
 
 Allocation is atomic twice over: the conditional ``UPDATE machines ... WHERE
 allocation_status = 'idle'`` must change every requested row, and the unique partial index
 ``allocations_one_open_per_machine`` refuses a second open lease. The loser of a race gets a
-409, never a 500.
+409, never a 500. Events (machine_status, job_update) and alert changes are published only
+after the transaction commits.
 """
 
 from __future__ import annotations
@@ -16,14 +17,17 @@ from typing import Any
 
 import asyncpg
 
+from services.alerts import LEASE_EXPIRING, RECLAIM_STUCK, AlertService
 from services.errors import Conflict, NotFound, ValidationFailed
-from services.ids import JOB, format_id
+from services.events import JOB_UPDATE, EventSink
+from services.ids import ALLOCATION, JOB, format_id
+from services.job_events import announce_machines, announce_queued, job_event
 from storage import allocations as allocation_store
 from storage import jobs as job_store
 from storage import machines as machine_store
 from storage import tasks as task_store
 from storage import tenants as tenant_store
-from storage.allocations import AllocationFilter
+from storage.allocations import AllocationFilter, OpenAllocation
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +44,10 @@ class Reclaim:
 
 
 class AllocationService:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, alerts: AlertService, events: EventSink) -> None:
         self._pool = pool
+        self._alerts = alerts
+        self._events = events
 
     async def allocate(self, machine_ids: list[str], *, tenant_id: int, months: int,
                        start_time: datetime | None, remark: str | None,
@@ -64,13 +70,15 @@ class AllocationService:
                 raise _not_allocatable([{"id": m, "reason": "machine is not idle"}
                                         for m in machine_ids if m not in changed])
             try:
-                return await allocation_store.insert_many(
+                ids = await allocation_store.insert_many(
                     conn, machine_ids, tenant_id=tenant_id, start_time=start_time,
                     months=months, remark=remark, created_by=actor,
                 )
             except asyncpg.UniqueViolationError:
                 raise _not_allocatable([{"id": m, "reason": "machine already has an open lease"}
                                         for m in machine_ids]) from None
+        await self._announce(machine_ids)
+        return ids
 
     async def _check_tenant(self, conn: asyncpg.Connection, tenant_id: int) -> None:
         status = await tenant_store.status_for_share(conn, tenant_id)
@@ -115,47 +123,48 @@ class AllocationService:
                 raise Conflict(f"machine has no lease to reclaim; it is {state}",
                                data={"allocation_status": state})
             if force:
-                return await self._force(conn, machine_id, lease, reason, actor)
-            if lease.status == "reclaiming":
+                job = await self._force(conn, machine_id, lease, reason, actor)
+            elif lease.status == "reclaiming":
                 pending = await job_store.open_of_kind(conn, machine_id, "reclaim")
                 raise Conflict("a reclaim is already in progress; use force to close it now",
                                data={"job_id": format_id(JOB, pending[0]["id"])
                                      if pending else None})
-            job_id = await self._start(conn, machine_id, lease, reason, actor)
-        return Reclaim(job_id=job_id, allocation_id=lease.id, forced=False)
+            else:
+                job = await self._start(conn, machine_id, lease, reason, actor)
+        if force:
+            self._events.publish(JOB_UPDATE, job_event(job))
+            await self.after_reclaimed(machine_id)
+        else:
+            announce_queued(self._events, job)
+            await self._announce([machine_id])
+        return Reclaim(job_id=job["id"], allocation_id=lease.id, forced=force)
 
-    async def _start(self, conn: asyncpg.Connection, machine_id: str,
-                     lease: allocation_store.OpenAllocation, reason: str,
-                     actor: int | None) -> int:
+    async def _start(self, conn: asyncpg.Connection, machine_id: str, lease: OpenAllocation,
+                     reason: str, actor: int | None) -> asyncpg.Record:
         await allocation_store.mark_reclaiming(conn, lease.id)
         await machine_store.mark_reclaiming(conn, machine_id, f"reclaim: {reason}")
-        job = await job_store.insert(
+        return await job_store.insert(
             conn, kind="reclaim", machine_id=machine_id, tenant_id=lease.tenant_id,
             params={"allocation_id": lease.id, "reason": reason}, created_by=actor,
         )
-        return job["id"]
 
-    async def _force(self, conn: asyncpg.Connection, machine_id: str,
-                     lease: allocation_store.OpenAllocation, reason: str,
-                     actor: int | None) -> Reclaim:
+    async def _force(self, conn: asyncpg.Connection, machine_id: str, lease: OpenAllocation,
+                     reason: str, actor: int | None) -> asyncpg.Record:
         cancelled = await job_store.cancel_open(conn, machine_id, "reclaim",
                                                 "superseded by a forced reclaim")
         await self._close(conn, machine_id, lease, reason)
         if cancelled:
-            job_id = cancelled[0]["id"]
-        else:
-            # A record that the lease was closed without asking the agent to wipe it.
-            job = await job_store.insert(
-                conn, kind="reclaim", machine_id=machine_id, tenant_id=lease.tenant_id,
-                params={"allocation_id": lease.id, "reason": reason, "force": True},
-                created_by=actor, status="cancelled",
-                error="forced: closed without waiting for the agent",
-            )
-            job_id = job["id"]
-        return Reclaim(job_id=job_id, allocation_id=lease.id, forced=True)
+            return cancelled[0]
+        # A record that the lease was closed without asking the agent to wipe the machine.
+        return await job_store.insert(
+            conn, kind="reclaim", machine_id=machine_id, tenant_id=lease.tenant_id,
+            params={"allocation_id": lease.id, "reason": reason, "force": True},
+            created_by=actor, status="cancelled",
+            error="forced: closed without waiting for the agent",
+        )
 
-    async def _close(self, conn: asyncpg.Connection, machine_id: str,
-                     lease: allocation_store.OpenAllocation, reason: str) -> None:
+    async def _close(self, conn: asyncpg.Connection, machine_id: str, lease: OpenAllocation,
+                     reason: str) -> None:
         await allocation_store.close(conn, lease.id, reason)
         await machine_store.release(conn, machine_id)
         await task_store.stop_live_on_machine(conn, machine_id, lease.tenant_id,
@@ -166,7 +175,7 @@ class AllocationService:
         """Called in the transaction that records a reclaim job's outcome. Success closes
         the lease and frees the machine; failure leaves both for an admin to force."""
         if not succeeded:
-            log.warning("reclaim job failed; lease stays reclaiming",
+            log.warning("reclaim job did not succeed; lease stays reclaiming",
                         extra={"job_id": job["id"], "machine_id": job["machine_id"]})
             return
         lease = await allocation_store.open_for_machine(conn, job["machine_id"])
@@ -174,6 +183,12 @@ class AllocationService:
         if lease is None or lease.id != params.get("allocation_id"):
             return  # already closed (forced meanwhile)
         await self._close(conn, job["machine_id"], lease, params.get("reason") or "reclaimed")
+
+    async def after_reclaimed(self, machine_id: str) -> None:
+        """Once a reclaim has committed: nothing is stuck any more, tell the dashboards."""
+        await self._alerts.resolve(machine_id, RECLAIM_STUCK)
+        await self._alerts.resolve(machine_id, LEASE_EXPIRING)
+        await self._announce([machine_id])
 
     async def reclaim_expired(self) -> int:
         """Start reclaiming every lease past its ``expires_at``; returns how many."""
@@ -187,11 +202,33 @@ class AllocationService:
                     # re-checked under the lock: a renewal may have won the race
                     if lease is None or lease.status != "active" or not lease.expired:
                         continue
-                    await self._start(conn, row["machine_id"], lease, LEASE_EXPIRED, None)
-                    progress += 1
+                    job = await self._start(conn, row["machine_id"], lease, LEASE_EXPIRED,
+                                            None)
+                announce_queued(self._events, job)
+                await self._announce([row["machine_id"]])
+                progress += 1
             started += progress
             if len(expired) < _EXPIRY_BATCH or progress == 0:
                 return started
+
+    async def notify_expiring(self, notice_days: int) -> None:
+        """``lease_expiring`` alerts for active leases ending within ``notice_days``;
+        resolved once renewed past the window or closed."""
+        expiring = await allocation_store.expiring_within(self._pool, notice_days)
+        for row in expiring:
+            await self._alerts.raise_(
+                row["machine_id"], LEASE_EXPIRING,
+                f"lease {format_id(ALLOCATION, row['id'])} of {row['tenant_name']} ends "
+                f"{row['expires_at'].isoformat()}",
+                {"allocation_id": format_id(ALLOCATION, row["id"]),
+                 "expires_at": row["expires_at"].isoformat()},
+            )
+        current = {row["machine_id"] for row in expiring}
+        for machine_id in await self._alerts.machines_with_open(LEASE_EXPIRING) - current:
+            await self._alerts.resolve(machine_id, LEASE_EXPIRING)
+
+    async def _announce(self, machine_ids: list[str]) -> None:
+        announce_machines(self._events, await machine_store.states(self._pool, machine_ids))
 
 
 def _check_batch(machine_ids: list[str]) -> None:

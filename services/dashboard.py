@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -10,8 +11,9 @@ from storage import dashboard as dashboard_store
 
 
 class DashboardService:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, avg_gpu_util: Callable[[], float | None]) -> None:
         self._pool = pool
+        self._avg_gpu_util = avg_gpu_util
 
     async def stats(self) -> dict[str, Any]:
         row = dict(await dashboard_store.stats(self._pool))
@@ -20,6 +22,5 @@ class DashboardService:
             **row,
             "total_machines": total,
             "allocation_rate": round(allocated / total * 100, 1) if total else 0.0,
-            # per-machine utilisation arrives with agent telemetry
-            "avg_gpu_utilization": None,
+            "avg_gpu_utilization": self._avg_gpu_util(),
         }

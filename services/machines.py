@@ -19,6 +19,8 @@ from pydantic import (
 from pydantic.json_schema import SkipJsonSchema
 
 from services.errors import Conflict, Duplicate, NotFound, ValidationFailed
+from services.events import AGENT_TOKEN_ROTATED, MACHINE_DELETED, EventSink
+from services.job_events import announce_machines
 from services.rules import MACHINE_ID_PATTERN, NAME_MAX
 from services.tokens import new_opaque_token, token_hash
 from storage import machines as machine_store
@@ -154,8 +156,9 @@ class MachineDetail:
 
 
 class MachineService:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, events: EventSink) -> None:
         self._pool = pool
+        self._events = events
 
     async def register(self, specs: list[MachineSpec]) -> list[Registered]:
         """Create machines in one transaction; each gets an agent token shown only now."""
@@ -195,6 +198,7 @@ class MachineService:
 
     async def delete(self, machine_id: str) -> None:
         if await machine_store.delete_idle(self._pool, machine_id):
+            self._events.publish(MACHINE_DELETED, {"machine_id": machine_id})
             return
         state = await machine_store.allocation_status(self._pool, machine_id)
         if state is None:
@@ -208,6 +212,8 @@ class MachineService:
         else:
             changed = await machine_store.leave_maintenance(self._pool, machine_id)
         if changed:
+            announce_machines(self._events, await machine_store.states(self._pool,
+                                                                       [machine_id]))
             return
         state = await machine_store.allocation_status(self._pool, machine_id)
         if state is None:
@@ -220,4 +226,6 @@ class MachineService:
         token = new_opaque_token()
         if not await machine_store.set_agent_token(self._pool, machine_id, token_hash(token)):
             raise NotFound("machine not found")
+        # every hub process forgets the old token and closes its agent socket
+        self._events.publish(AGENT_TOKEN_ROTATED, {"machine_id": machine_id})
         return token

@@ -49,6 +49,20 @@ def _positive_float(raw: str) -> float:
     return value
 
 
+def _percent(raw: str) -> float:
+    value = float(raw)
+    if not 0 < value <= 100:
+        raise ValueError("expected a percentage in (0, 100]")
+    return value
+
+
+def _timescaledb(raw: str) -> str:
+    value = raw.strip().lower()
+    if value not in {"auto", "on", "off"}:
+        raise ValueError("expected auto, on or off")
+    return value
+
+
 def _log_level(raw: str) -> str:
     value = raw.strip().upper()
     if value not in {"DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"}:
@@ -129,6 +143,38 @@ SPECS: tuple[Spec, ...] = (
          "time given to open requests and buffers on SIGTERM, seconds"),
     Spec("lease_check_interval_s", "REMOTEGPU_LEASE_CHECK_INTERVAL_S", "60", _positive_float,
          "lease expiry scan interval, seconds"),
+    Spec("timescaledb", "REMOTEGPU_TIMESCALEDB", "auto", _timescaledb,
+         "auto, on or off: store telemetry with the TimescaleDB extension"),
+    Spec("heartbeat_timeout_s", "REMOTEGPU_HEARTBEAT_TIMEOUT_S", "30", _positive_float,
+         "silence after which a machine is offline, seconds"),
+    Spec("monitor_interval_s", "REMOTEGPU_MONITOR_INTERVAL_S", "30", _positive_float,
+         "liveness scan interval, seconds"),
+    Spec("job_timeout_s", "REMOTEGPU_JOB_TIMEOUT_S", "600", _positive_float,
+         "time an agent has to finish a job it was sent, seconds"),
+    Spec("lease_notice_days", "REMOTEGPU_LEASE_NOTICE_DAYS", "7", _positive_int,
+         "lease-expiring alert lead time, days"),
+    Spec("alert_gpu_temp_c", "REMOTEGPU_ALERT_GPU_TEMP_C", "85", _positive_float,
+         "GPU overheat threshold, degrees C"),
+    Spec("alert_gpu_temp_samples", "REMOTEGPU_ALERT_GPU_TEMP_SAMPLES", "3", _positive_int,
+         "consecutive samples above the overheat threshold before alerting"),
+    Spec("alert_disk_pct", "REMOTEGPU_ALERT_DISK_PCT", "90", _percent,
+         "disk-full threshold, percent"),
+    Spec("alert_quiet_s", "REMOTEGPU_ALERT_QUIET_S", "3600", _positive_float,
+         "XID and ECC alerts resolve after this long without new errors, seconds"),
+    Spec("ingest_batch_rows", "REMOTEGPU_INGEST_BATCH_ROWS", "5000", _positive_int,
+         "telemetry rows per COPY batch"),
+    Spec("ingest_flush_s", "REMOTEGPU_INGEST_FLUSH_S", "0.5", _positive_float,
+         "longest time a telemetry row waits before its batch is written, seconds"),
+    Spec("ingest_queue_rows", "REMOTEGPU_INGEST_QUEUE_ROWS", "1000000", _positive_int,
+         "telemetry rows held in memory while PostgreSQL is slow or down (beyond: dropped "
+         "and counted)"),
+    Spec("redis_flush_s", "REMOTEGPU_REDIS_FLUSH_S", "0.1", _positive_float,
+         "longest time a frame's heartbeat and latest sample wait before the Redis pipeline "
+         "writes them, seconds"),
+    Spec("rollup_interval_s", "REMOTEGPU_ROLLUP_INTERVAL_S", "30", _positive_float,
+         "plain PostgreSQL: how often the 1 m and 1 h rollups catch up, seconds"),
+    Spec("retention_days", "REMOTEGPU_RETENTION_DAYS", "30", _positive_int,
+         "raw telemetry kept, days"),
     Spec("argon2_time_cost", "REMOTEGPU_ARGON2_TIME_COST", "3", _positive_int,
          "argon2id passes"),
     Spec("argon2_memory_kib", "REMOTEGPU_ARGON2_MEMORY_KIB", "65536", _positive_int,
@@ -156,6 +202,21 @@ class Settings:
     audit_queue_max: int
     shutdown_grace_s: float
     lease_check_interval_s: float
+    timescaledb: str
+    heartbeat_timeout_s: float
+    monitor_interval_s: float
+    job_timeout_s: float
+    lease_notice_days: int
+    alert_gpu_temp_c: float
+    alert_gpu_temp_samples: int
+    alert_disk_pct: float
+    alert_quiet_s: float
+    ingest_batch_rows: int
+    ingest_flush_s: float
+    ingest_queue_rows: int
+    redis_flush_s: float
+    rollup_interval_s: float
+    retention_days: int
     argon2_time_cost: int
     argon2_memory_kib: int
 

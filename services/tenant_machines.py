@@ -6,13 +6,16 @@ from __future__ import annotations
 import asyncpg
 
 from services.errors import Conflict, NotFound
+from services.events import EventSink
+from services.job_events import announce_queued
 from storage import jobs as job_store
 from storage import machines as machine_store
 
 
 class TenantMachineService:
-    def __init__(self, pool: asyncpg.Pool) -> None:
+    def __init__(self, pool: asyncpg.Pool, events: EventSink) -> None:
         self._pool = pool
+        self._events = events
 
     async def list(self, tenant_id: int) -> list[asyncpg.Record]:
         return await machine_store.of_tenant(self._pool, tenant_id)
@@ -34,4 +37,5 @@ class TenantMachineService:
             self._pool, kind="ssh_reset", machine_id=machine_id, tenant_id=tenant_id,
             params={"public_key": public_key}, created_by=actor,
         )
+        announce_queued(self._events, job)
         return job["id"]

@@ -60,6 +60,11 @@ WHERE status = 'active' AND expires_at <= now()
 ORDER BY expires_at
 LIMIT $1
 """
+_EXPIRING = """
+SELECT a.id, a.machine_id, a.expires_at, t.name AS tenant_name
+FROM allocations a JOIN tenants t ON t.id = a.tenant_id
+WHERE a.status = 'active' AND a.expires_at <= now() + make_interval(days => $1)
+"""
 _ADD_MONTHS = "SELECT $1::timestamptz + make_interval(months => $2)"
 
 
@@ -137,3 +142,8 @@ async def page(db: Executor, flt: AllocationFilter, *, limit: int,
     total = await db.fetchval(_COUNT.format(where=where.sql), *where.args)
     query = _PAGE.format(where=where.sql, limit=where.param(limit), offset=where.param(offset))
     return await db.fetch(query, *where.args), total
+
+
+async def expiring_within(db: Executor, days: int) -> list[asyncpg.Record]:
+    """Active leases ending within ``days`` (or already past their end)."""
+    return await db.fetch(_EXPIRING, days)

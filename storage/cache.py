@@ -53,3 +53,33 @@ class Keys:
 
     def periodic_lock(self, job: str) -> str:
         return f"{self.prefix}lock:periodic:{job}"
+
+    def channel(self, name: str) -> str:
+        return f"{self.prefix}channel:{name}"
+
+    def heartbeat(self, machine_id: str) -> str:
+        """``machine:heartbeat:{id}``, as the seed names it: the hub's receive time."""
+        return f"{self.prefix}machine:heartbeat:{machine_id}"
+
+    def last_seen(self) -> str:
+        """Sorted set machine id -> receive time: the liveness monitor reads it, no scans."""
+        return f"{self.prefix}machines:last-seen"
+
+    def latest(self) -> str:
+        """Hash machine id -> latest sample (JSON): the realtime endpoint reads it whole."""
+        return f"{self.prefix}machines:latest"
+
+    def dirty_minutes(self) -> str:
+        return f"{self.prefix}telemetry:dirty-minutes"
+
+    def dirty_sequence(self) -> str:
+        return f"{self.prefix}telemetry:dirty-seq"
+
+
+async def forget_machine(client: redis.Redis, keys: Keys, machine_id: str) -> None:
+    """Drop a deleted machine's heartbeat, last-seen entry and latest sample."""
+    async with client.pipeline(transaction=False) as pipe:
+        pipe.delete(keys.heartbeat(machine_id))
+        pipe.zrem(keys.last_seen(), machine_id)
+        pipe.hdel(keys.latest(), machine_id)
+        await pipe.execute()

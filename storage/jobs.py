@@ -70,3 +70,42 @@ async def cancel_open(conn: asyncpg.Connection, machine_id: str, kind: str,
 
 async def open_of_kind(db: Executor, machine_id: str, kind: str) -> list[asyncpg.Record]:
     return await db.fetch(_OPEN_OF_KIND, machine_id, kind)
+
+_CLAIM = f"""
+UPDATE jobs SET status = 'sent', attempts = attempts + 1, sent_at = now(), updated_at = now(),
+       deadline_at = now() + make_interval(secs => $2)
+WHERE id IN (SELECT id FROM jobs WHERE machine_id = $1 AND status = 'pending'
+             ORDER BY id FOR UPDATE SKIP LOCKED)
+RETURNING {_COLUMNS}
+"""
+_MARK_RUNNING = f"""
+UPDATE jobs SET status = 'running', updated_at = now()
+WHERE id = $1 AND status = 'sent'
+RETURNING {_COLUMNS}
+"""
+_TIME_OUT = f"""
+UPDATE jobs SET status = 'timeout', error = 'no answer from the agent in time',
+       updated_at = now(), finished_at = now()
+WHERE id IN (SELECT id FROM jobs WHERE status IN ('sent', 'running') AND deadline_at < now()
+             ORDER BY deadline_at LIMIT $1 FOR UPDATE SKIP LOCKED)
+RETURNING {_COLUMNS}
+"""
+_PENDING_MACHINES = "SELECT DISTINCT machine_id FROM jobs WHERE status = 'pending'"
+
+
+async def claim_pending(db: Executor, machine_id: str, timeout_s: float) -> list[asyncpg.Record]:
+    """Hand the machine's pending jobs to its agent: each becomes ``sent`` exactly once,
+    even when two hub processes claim at the same moment."""
+    return await db.fetch(_CLAIM, machine_id, timeout_s)
+
+
+async def mark_running(db: Executor, job_id: int) -> asyncpg.Record | None:
+    return await db.fetchrow(_MARK_RUNNING, job_id)
+
+
+async def time_out_overdue(db: Executor, limit: int) -> list[asyncpg.Record]:
+    return await db.fetch(_TIME_OUT, limit)
+
+
+async def pending_machines(db: Executor) -> set[str]:
+    return {row["machine_id"] for row in await db.fetch(_PENDING_MACHINES)}

@@ -95,13 +95,18 @@ WHERE id = $1
 _OF_TENANT = """
 SELECT m.id, m.name, m.status, m.allocation_status, m.gpu_model, m.gpu_count, m.ssh_host,
        m.ssh_port, m.ssh_user, m.jupyter_url, a.id AS allocation_id, a.status AS
-       allocation_state, a.expires_at
+       allocation_state, a.start_time AS lease_start, a.expires_at
 FROM machines m
 JOIN allocations a ON a.machine_id = m.id AND a.status <> 'reclaimed' AND a.tenant_id = $1
 WHERE m.tenant_id = $1
 """
 _TENANT_PAGE = _OF_TENANT + " ORDER BY m.id"
 _TENANT_ONE = _OF_TENANT + " AND m.id = $2"
+
+_STATES = """
+SELECT id, status, allocation_status, tenant_id FROM machines WHERE id = ANY($1::text[])
+ORDER BY id
+"""
 
 # Columns an admin may change with PATCH; values arrive already validated.
 PATCHABLE = (
@@ -250,3 +255,66 @@ async def of_tenant(db: Executor, tenant_id: int) -> list[asyncpg.Record]:
 
 async def one_of_tenant(db: Executor, tenant_id: int, machine_id: str) -> asyncpg.Record | None:
     return await db.fetchrow(_TENANT_ONE, tenant_id, machine_id)
+
+
+async def states(db: Executor, ids: list[str]) -> list[asyncpg.Record]:
+    """Liveness, lease state and tenant of these machines (for machine_status events)."""
+    return await db.fetch(_STATES, ids)
+
+
+_IDENTITY = "SELECT id, gpu_count FROM machines WHERE agent_token_hash = $1"
+_ALL_STATES = "SELECT id, status, allocation_status, tenant_id FROM machines"
+_MARK_ONLINE = """
+UPDATE machines SET status = 'online', last_heartbeat_at = now()
+WHERE id = $1 AND status = 'offline'
+RETURNING id, status, allocation_status, tenant_id
+"""
+_MARK_OFFLINE = """
+UPDATE machines SET status = 'offline'
+WHERE id = ANY($1::text[]) AND status = 'online'
+RETURNING id, status, allocation_status, tenant_id
+"""
+_TOUCH_HEARTBEATS = """
+UPDATE machines m SET last_heartbeat_at = v.seen
+FROM unnest($1::text[], $2::timestamptz[]) AS v(id, seen)
+WHERE m.id = v.id AND (m.last_heartbeat_at IS NULL OR m.last_heartbeat_at < v.seen)
+"""
+_REFINE_GPU = """
+INSERT INTO gpu_devices (machine_id, gpu_index, uuid, model, memory_total_mib, updated_at)
+SELECT $1, g.i, g.uuid, g.model, g.mem, now()
+FROM unnest($2::int[], $3::text[], $4::text[], $5::int[]) AS g(i, uuid, model, mem)
+ON CONFLICT (machine_id, gpu_index) DO UPDATE
+SET uuid = EXCLUDED.uuid, model = EXCLUDED.model, memory_total_mib = EXCLUDED.memory_total_mib,
+    updated_at = now()
+"""
+
+
+async def identity(db: Executor, token_hash: bytes) -> asyncpg.Record | None:
+    """The machine an agent token speaks for (id, gpu_count)."""
+    return await db.fetchrow(_IDENTITY, token_hash)
+
+
+async def all_states(db: Executor) -> list[asyncpg.Record]:
+    return await db.fetch(_ALL_STATES)
+
+
+async def mark_online(db: Executor, machine_id: str) -> asyncpg.Record | None:
+    """offline -> online; None if it was online already (another process won)."""
+    return await db.fetchrow(_MARK_ONLINE, machine_id)
+
+
+async def mark_offline(db: Executor, ids: list[str]) -> list[asyncpg.Record]:
+    """online -> offline for these machines; returns the ones that changed."""
+    return await db.fetch(_MARK_OFFLINE, ids)
+
+
+async def touch_heartbeats(db: Executor, ids: list[str], seen: list[Any]) -> None:
+    await db.execute(_TOUCH_HEARTBEATS, ids, seen)
+
+
+async def refine_gpus(db: Executor, machine_id: str, gpus: list[tuple[int, str, str, int]]
+                      ) -> None:
+    """What the agent reports about each GPU (index, uuid, model, MiB) replaces the
+    registration's guess."""
+    await db.execute(_REFINE_GPU, machine_id, [g[0] for g in gpus], [g[1] for g in gpus],
+                     [g[2] for g in gpus], [g[3] for g in gpus])

@@ -100,6 +100,47 @@ async def migrate(conn: asyncpg.Connection, *, timescaledb: bool = False) -> lis
         await conn.execute("SELECT pg_advisory_unlock($1)", MIGRATION_LOCK_KEY)
 
 
+_AVAILABLE = """
+SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb')
+       AND current_setting('shared_preload_libraries') LIKE '%timescaledb%'
+"""
+_APPLIED_VARIANT = """
+SELECT variant FROM schema_migrations WHERE version = $1
+"""
+_HAS_MIGRATIONS = "SELECT to_regclass('schema_migrations') IS NOT NULL"
+TELEMETRY_VERSION = 2
+
+
+async def applied_telemetry_variant(conn: asyncpg.Connection) -> str | None:
+    """"timescaledb" or "plain" once the telemetry migration ran, else None."""
+    if not await conn.fetchval(_HAS_MIGRATIONS):
+        return None
+    return await conn.fetchval(_APPLIED_VARIANT, TELEMETRY_VERSION)
+
+
+async def choose_timescaledb(conn: asyncpg.Connection, setting: str) -> bool:
+    """Whether telemetry uses TimescaleDB, from REMOTEGPU_TIMESCALEDB (auto, on, off) and
+    what the server offers. A database keeps the variant it was first migrated with."""
+    applied = await applied_telemetry_variant(conn)
+    if applied is not None:
+        using = applied == "timescaledb"
+        if setting == "on" and not using:
+            raise MigrationError("REMOTEGPU_TIMESCALEDB=on, but this database's telemetry "
+                                 "tables were created without TimescaleDB")
+        if setting == "off" and using:
+            raise MigrationError("REMOTEGPU_TIMESCALEDB=off, but this database's telemetry "
+                                 "tables were created with TimescaleDB")
+        return using
+    if setting == "off":
+        return False
+    available = bool(await conn.fetchval(_AVAILABLE))
+    if setting == "on" and not available:
+        raise MigrationError("REMOTEGPU_TIMESCALEDB=on, but the server does not offer the "
+                             "timescaledb extension (installed and in "
+                             "shared_preload_libraries)")
+    return available
+
+
 def _check_unchanged(migration: Migration, row: asyncpg.Record) -> None:
     if row["variant"] == migration.variant and row["checksum"] != migration.checksum:
         raise MigrationError(

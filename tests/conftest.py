@@ -19,7 +19,7 @@ from aiohttp.test_utils import TestClient
 
 from api.app import create_app
 from services.settings import Settings
-from storage.migrate import migrate
+from storage.migrate import choose_timescaledb, migrate
 from tests.helpers import Accounts, Api
 from tests.proxy import TcpProxy
 
@@ -30,8 +30,14 @@ REDIS_URL = os.environ.get("REMOTEGPU_TEST_REDIS_URL", "redis://127.0.0.1:6379/0
 # Everything but the seeded rows (tenant 0, roles) is wiped before each test.
 _TRUNCATE = """
 TRUNCATE users, refresh_tokens, machines, gpu_devices, allocations, jobs, tasks, datasets,
-         dataset_mounts, alerts, audit_logs RESTART IDENTITY CASCADE;
+         dataset_mounts, alerts, audit_logs, gpu_metrics, machine_metrics
+         RESTART IDENTITY CASCADE;
 DELETE FROM tenants WHERE id <> 0;
+"""
+# Plain PostgreSQL keeps its own rollup tables; continuous aggregates follow the raw rows.
+_TRUNCATE_PLAIN_ROLLUPS = """
+TRUNCATE gpu_metrics_1m, gpu_metrics_1h;
+UPDATE telemetry_rollup_state SET upto = '-infinity';
 """
 
 
@@ -48,7 +54,7 @@ async def _create_database(name: str) -> None:
         await conn.close()
     conn = await asyncpg.connect(_dsn_for(name))
     try:
-        await migrate(conn)
+        await migrate(conn, timescaledb=await choose_timescaledb(conn, "auto"))
     finally:
         await conn.close()
 
@@ -79,6 +85,8 @@ async def db(database_url: str) -> AsyncIterator[asyncpg.Pool]:
 
     pool = await create_pool(database_url, min_size=1, max_size=4)
     await pool.execute(_TRUNCATE)
+    if await pool.fetchval("SELECT to_regclass('telemetry_rollup_state') IS NOT NULL"):
+        await pool.execute(_TRUNCATE_PLAIN_ROLLUPS)
     yield pool
     await pool.close()
 

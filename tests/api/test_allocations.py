@@ -392,7 +392,7 @@ async def test_two_processes_share_the_lease_check_and_only_one_runs_it(make_app
                                                                         aiohttp_client):
     first = await aiohttp_client(make_app(lease_check_interval_s=0.05))
     second = await aiohttp_client(make_app(lease_check_interval_s=0.05))
-    [job1], [job2] = first.app[PERIODIC], second.app[PERIODIC]
+    job1, job2 = first.app[PERIODIC]["lease_expiry"], second.app[PERIODIC]["lease_expiry"]
     assert await _wait_for(lambda: _ran([job1, job2], at_least=10))
     assert 0 in (job1.runs, job2.runs)
 
@@ -403,9 +403,9 @@ async def _ran(jobs, at_least):
 
 async def test_the_lease_check_is_taken_over_when_its_process_stops(make_app, aiohttp_client):
     first = await aiohttp_client(make_app(lease_check_interval_s=0.05))
-    [job1] = first.app[PERIODIC]
+    job1 = first.app[PERIODIC]["lease_expiry"]
     assert await _wait_for(lambda: _ran([job1], at_least=1))
     second = await aiohttp_client(make_app(lease_check_interval_s=0.05))
-    [job2] = second.app[PERIODIC]
+    job2 = second.app[PERIODIC]["lease_expiry"]
     await first.close()  # clean shutdown releases the lock
     assert await _wait_for(lambda: _ran([job2], at_least=2))

@@ -1,0 +1,115 @@
+"""The ingest hot path: an accepted metrics frame updates the in-memory latest state, is
+queued for Redis (pipelined) and for PostgreSQL (COPY batches), and feeds the alert rules.
+``accept`` never awaits: a heartbeat is answered without waiting for any store.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from datetime import UTC, datetime
+from typing import Any
+
+from hub.heartbeats import HeartbeatSink
+from hub.state import LatestState, Sample
+from hub.writer import TelemetryWriter
+from services.alert_rules import Change, FrameRules
+from services.alerts import AlertService
+from services.frames import MetricsFrame
+
+log = logging.getLogger(__name__)
+
+
+def to_sample(machine_id: str, frame: MetricsFrame, received: float) -> Sample:
+    gpus = [{"index": g.index, "util": g.util, "mem_used": g.mem_used,
+             "mem_total": g.mem_total, "temp": g.temp, "power": g.power,
+             "xid_errors": g.xid_errors, "ecc_dbe": g.ecc_dbe,
+             "remapped_rows_pending": g.remapped_rows_pending} for g in frame.gpus]
+    return Sample(
+        machine_id=machine_id, ts=frame.ts, received=received, cpu_util=frame.cpu_util,
+        mem_used=frame.mem_used, mem_total=frame.mem_total, disk_used=frame.disk_used,
+        disk_total=frame.disk_total,
+        gpu_util=round(sum(g.util for g in frame.gpus) / len(frame.gpus), 2)
+        if frame.gpus else None,
+        gpu_mem=sum(g.mem_used for g in frame.gpus), gpus=gpus,
+    )
+
+
+class Ingest:
+    def __init__(self, *, state: LatestState, writer: TelemetryWriter, sink: HeartbeatSink,
+                 rules: FrameRules, alerts: AlertService, leading: Callable[[], bool],
+                 came_online: Callable[[str], Any]) -> None:
+        self._state = state
+        self._writer = writer
+        self._sink = sink
+        self._rules = rules
+        self._alerts = alerts
+        self._leading = leading
+        self._came_online = came_online
+        self._waking: set[str] = set()
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.frames = 0
+
+    def accept(self, machine_id: str, frame: MetricsFrame, received: float) -> Sample:
+        sample = to_sample(machine_id, frame, received)
+        time = datetime.fromtimestamp(frame.ts, UTC)
+        self._writer.add(
+            [(time, machine_id, g.index, g.util, g.mem_used, g.mem_total, g.temp, g.power)
+             for g in frame.gpus],
+            (time, machine_id, frame.cpu_util, frame.mem_used, frame.mem_total,
+             frame.disk_used, frame.disk_total),
+        )
+        self._state.apply(sample)
+        self._sink.add(sample)
+        self.frames += 1
+        self.evaluate(sample)
+        if self._state.status(machine_id) != "online" and machine_id not in self._waking:
+            self._waking.add(machine_id)
+            self._spawn(self._wake(machine_id))
+        return sample
+
+    def apply_remote(self, data: dict[str, Any]) -> None:
+        """Samples another hub process received (through the bus)."""
+        for item in data.get("samples", ()):
+            sample = Sample.from_dict(item)
+            self._state.apply(sample)
+            self.evaluate(sample)
+
+    def evaluate(self, sample: Sample) -> None:
+        # One process (the liveness leader) evaluates every frame of the fleet: the bus
+        # brings it the frames other processes received.
+        if not self._leading():
+            return
+        changes = self._rules.observe(sample.machine_id, sample.as_dict())
+        if changes:
+            self._spawn(self._apply(changes))
+
+    async def _apply(self, changes: list[Change]) -> None:
+        for change in changes:
+            if change.raise_:
+                await self._alerts.raise_(change.machine_id, change.rule, change.message,
+                                          change.details)
+            else:
+                await self._alerts.resolve(change.machine_id, change.rule)
+
+    async def _wake(self, machine_id: str) -> None:
+        try:
+            await self._came_online(machine_id)
+        finally:
+            self._waking.discard(machine_id)
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._done)
+
+    def _done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("ingest follow-up failed", exc_info=task.exception())
+
+    async def drain(self) -> None:
+        """Wait for follow-ups in flight (alert writes, online transitions)."""
+        while self._tasks:
+            await asyncio.gather(*list(self._tasks), return_exceptions=True)

@@ -1,0 +1,71 @@
+"""Liveness: machines whose agent fell silent go offline; a returning heartbeat brings
+them back online. Silence is measured with the hub's receive times (the last-seen sorted
+set in Redis), never the agent's clock, and found without scanning keys."""
+
+from __future__ import annotations
+
+import logging
+import time
+from datetime import UTC, datetime
+
+import asyncpg
+import redis.asyncio as redis
+
+from services.alerts import MACHINE_OFFLINE, AlertService
+from services.events import EventSink
+from services.job_events import announce_machines
+from storage import machines as machine_store
+from storage.cache import Keys
+
+log = logging.getLogger(__name__)
+
+
+class Liveness:
+    def __init__(self, pool: asyncpg.Pool, client: redis.Redis, keys: Keys,
+                 alerts: AlertService, events: EventSink, *, timeout_s: float) -> None:
+        self._pool = pool
+        self._redis = client
+        self._keys = keys
+        self._alerts = alerts
+        self._events = events
+        self._timeout_s = timeout_s
+        self._last_scan = 0.0
+
+    async def scan(self) -> int:
+        """One monitor tick: mark silent machines offline (raising an alert each) and
+        record when the others were last heard from. Returns how many went offline."""
+        now = time.time()
+        silent = [m.decode() for m in await self._redis.zrangebyscore(
+            self._keys.last_seen(), "-inf", f"({now - self._timeout_s}")]
+        heard = await self._redis.zrangebyscore(self._keys.last_seen(),
+                                                f"({self._last_scan or now - self._timeout_s}",
+                                                "+inf", withscores=True)
+        self._last_scan = now
+        if heard:
+            await machine_store.touch_heartbeats(
+                self._pool, [m.decode() for m, _ in heard],
+                [datetime.fromtimestamp(score, UTC) for _, score in heard])
+        if not silent:
+            return 0
+        offline = await machine_store.mark_offline(self._pool, silent)
+        for row in offline:
+            await self._alerts.raise_(
+                row["id"], MACHINE_OFFLINE,
+                f"no heartbeat for more than {self._timeout_s:g} s",
+                {"timeout_s": self._timeout_s},
+            )
+        announce_machines(self._events, offline)
+        if offline:
+            log.warning("machines offline", extra={"machines": [r["id"] for r in offline]})
+        return len(offline)
+
+    async def came_online(self, machine_id: str) -> None:
+        """A heartbeat from a machine this process believes offline."""
+        row = await machine_store.mark_online(self._pool, machine_id)
+        if row is None:
+            # Already online (another process won), or unknown: learn its real state.
+            announce_machines(self._events, await machine_store.states(self._pool,
+                                                                       [machine_id]))
+            return
+        await self._alerts.resolve(machine_id, MACHINE_OFFLINE)
+        announce_machines(self._events, [row])

@@ -1,0 +1,86 @@
+"""The latest sample of every machine, and what each process must know about machines
+to route their data (liveness, lease state, tenant). Fed by local frames, by the other
+processes through the bus, and by machine_status events."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass(slots=True)
+class Sample:
+    machine_id: str
+    ts: float  # sample time, from the agent
+    received: float  # receive time at the hub (liveness never trusts the agent's clock)
+    cpu_util: float
+    mem_used: float
+    mem_total: float
+    disk_used: float
+    disk_total: float
+    gpu_util: float | None  # mean over the GPUs, percent; None without GPUs
+    gpu_mem: float  # MiB used, summed over the GPUs
+    gpus: list[dict[str, Any]] = field(default_factory=list)
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "machine_id": self.machine_id, "ts": self.ts, "received": self.received,
+            "cpu_util": self.cpu_util, "mem_used": self.mem_used, "mem_total": self.mem_total,
+            "disk_used": self.disk_used, "disk_total": self.disk_total,
+            "gpu_util": self.gpu_util, "gpu_mem": self.gpu_mem, "gpus": self.gpus,
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Sample:
+        return cls(**{name: data[name] for name in cls.__slots__})  # type: ignore[attr-defined]
+
+
+@dataclass(slots=True)
+class MachineInfo:
+    status: str = "offline"
+    allocation_status: str = "idle"
+    tenant_id: int | None = None
+
+
+class LatestState:
+    def __init__(self) -> None:
+        self.samples: dict[str, Sample] = {}
+        self.machines: dict[str, MachineInfo] = {}
+
+    def load(self, rows: list[Any]) -> None:
+        """Machines as the database knows them (at start-up)."""
+        self.machines = {
+            row["id"]: MachineInfo(row["status"], row["allocation_status"], row["tenant_id"])
+            for row in rows
+        }
+
+    def apply(self, sample: Sample) -> None:
+        known = self.samples.get(sample.machine_id)
+        if known is None or sample.ts >= known.ts:
+            self.samples[sample.machine_id] = sample
+
+    def apply_status(self, data: dict[str, Any]) -> None:
+        info = self.machines.setdefault(data["machine_id"], MachineInfo())
+        info.status = data.get("status") or info.status
+        info.allocation_status = data.get("allocation_status") or info.allocation_status
+        info.tenant_id = data.get("tenant_id")
+
+    def remove(self, machine_id: str) -> None:
+        self.samples.pop(machine_id, None)
+        self.machines.pop(machine_id, None)
+
+    def status(self, machine_id: str) -> str | None:
+        info = self.machines.get(machine_id)
+        return info.status if info is not None else None
+
+    def gpu_util(self, machine_id: str) -> float | None:
+        sample = self.samples.get(machine_id)
+        return sample.gpu_util if sample is not None else None
+
+    def avg_gpu_util(self) -> float | None:
+        """Mean of the online machines' latest gpu_util; None when none reports."""
+        values = [
+            sample.gpu_util for machine_id, sample in self.samples.items()
+            if sample.gpu_util is not None and self.status(machine_id) == "online"
+        ]
+        return round(sum(values) / len(values), 2) if values else None

@@ -1,0 +1,128 @@
+"""The alert rules evaluated on every metrics frame: GPU overheating for N consecutive
+samples, XID errors, new double-bit ECC errors, pending row remaps, a full disk.
+
+``observe`` is synchronous and cheap (it runs for every frame); it returns the alert
+changes to make. It remembers which alerts are open, so a condition that persists costs
+no database write except a periodic refresh of ``last_seen_at``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from services.alerts import DISK_FULL, GPU_ECC, GPU_OVERHEAT, GPU_REMAPPED_ROWS, GPU_XID
+
+REFRESH_S = 60.0
+
+
+@dataclass(frozen=True)
+class Change:
+    raise_: bool  # False: resolve
+    machine_id: str
+    rule: str
+    message: str = ""
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class _Machine:
+    hot_streak: dict[int, int] = field(default_factory=dict)  # gpu index -> samples above
+    ecc_seen: dict[int, int] = field(default_factory=dict)  # gpu index -> last ecc_dbe
+
+
+class FrameRules:
+    def __init__(self, *, temp_c: float, temp_samples: int, disk_pct: float) -> None:
+        self._temp_c = temp_c
+        self._temp_samples = temp_samples
+        self._disk_pct = disk_pct
+        self._machines: dict[str, _Machine] = {}
+        self._open: dict[tuple[str, str], float] = {}  # open alert -> when last raised
+
+    def load_open(self, keys: list[tuple[str, str]]) -> None:
+        """Alerts already open in the database (at start-up)."""
+        self._open = {key: 0.0 for key in keys}
+
+    def note(self, machine_id: str, rule: str, status: str) -> None:
+        """Keep track of alert changes made elsewhere (other processes, admins)."""
+        if status == "resolved":
+            self._open.pop((machine_id, rule), None)
+        else:
+            self._open.setdefault((machine_id, rule), time.monotonic())
+
+    def forget(self, machine_id: str) -> None:
+        self._machines.pop(machine_id, None)
+
+    def observe(self, machine_id: str, sample: dict[str, Any]) -> list[Change]:
+        state = self._machines.setdefault(machine_id, _Machine())
+        changes: list[Change] = []
+        self._overheat(machine_id, state, sample["gpus"], changes)
+        self._health(machine_id, state, sample["gpus"], changes)
+        disk_pct = sample["disk_used"] / sample["disk_total"] * 100
+        self._state(changes, machine_id, DISK_FULL, disk_pct > self._disk_pct,
+                    f"disk {disk_pct:.1f}% full (threshold {self._disk_pct:g}%)",
+                    {"disk_used": sample["disk_used"], "disk_total": sample["disk_total"]})
+        return changes
+
+    def _overheat(self, machine_id: str, state: _Machine, gpus: list[dict[str, Any]],
+                  changes: list[Change]) -> None:
+        hot = []
+        for gpu in gpus:
+            if gpu["temp"] > self._temp_c:
+                state.hot_streak[gpu["index"]] = state.hot_streak.get(gpu["index"], 0) + 1
+                if state.hot_streak[gpu["index"]] >= self._temp_samples:
+                    hot.append(gpu)
+            else:
+                state.hot_streak.pop(gpu["index"], None)
+        if hot:
+            worst = max(hot, key=lambda g: g["temp"])
+            self._state(changes, machine_id, GPU_OVERHEAT, True,
+                        f"GPU {worst['index']} at {worst['temp']:.0f} C for "
+                        f"{self._temp_samples}+ samples (threshold {self._temp_c:g} C)",
+                        {"gpus": {str(g["index"]): g["temp"] for g in hot}})
+        elif not state.hot_streak:
+            self._state(changes, machine_id, GPU_OVERHEAT, False)
+
+    def _health(self, machine_id: str, state: _Machine, gpus: list[dict[str, Any]],
+                changes: list[Change]) -> None:
+        xid = {g["index"]: g["xid_errors"] for g in gpus if g.get("xid_errors")}
+        if xid:  # events: raised on every occurrence, resolved after a quiet period
+            changes.append(Change(True, machine_id, GPU_XID,
+                                  f"XID errors on GPU {', '.join(map(str, sorted(xid)))}",
+                                  {"xid_errors": {str(k): v for k, v in xid.items()}}))
+        grown = {}
+        for gpu in gpus:
+            count = gpu.get("ecc_dbe")
+            if count is None:
+                continue
+            before = state.ecc_seen.get(gpu["index"], 0)
+            if count > before:
+                grown[gpu["index"]] = count
+            state.ecc_seen[gpu["index"]] = count
+        if grown:
+            changes.append(Change(True, machine_id, GPU_ECC,
+                                  f"double-bit ECC errors on GPU "
+                                  f"{', '.join(map(str, sorted(grown)))}",
+                                  {"ecc_dbe": {str(k): v for k, v in grown.items()}}))
+        reported = [g for g in gpus if g.get("remapped_rows_pending") is not None]
+        if reported:
+            pending = [g["index"] for g in reported if g["remapped_rows_pending"]]
+            self._state(changes, machine_id, GPU_REMAPPED_ROWS, bool(pending),
+                        f"row remapping pending on GPU {', '.join(map(str, pending))}: "
+                        "reset the GPU", {"gpus": pending})
+
+    def _state(self, changes: list[Change], machine_id: str, rule: str, active: bool,
+               message: str = "", details: dict[str, Any] | None = None) -> None:
+        """A rule whose condition holds or not: raise on the way in (and refresh now and
+        then), resolve on the way out."""
+        key = (machine_id, rule)
+        now = time.monotonic()
+        if active:
+            last = self._open.get(key)
+            if last is None or now - last >= REFRESH_S:
+                self._open[key] = now
+                changes.append(Change(True, machine_id, rule, message, details or {}))
+        elif key in self._open:
+            del self._open[key]
+            changes.append(Change(False, machine_id, rule))

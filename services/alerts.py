@@ -1,0 +1,112 @@
+"""Alerts: raised and resolved by the rules (liveness, GPU health, disk, leases, stuck
+reclaims), acknowledged by admins. One open alert per (machine, rule): raising again only
+refreshes ``last_seen_at``, also when two hub processes raise it at once."""
+
+from __future__ import annotations
+
+import logging
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import asyncpg
+
+from services.errors import Conflict, NotFound
+from services.events import ALERT, EventSink
+from storage import alerts as alert_store
+from storage.alerts import AlertFilter
+
+log = logging.getLogger(__name__)
+
+MACHINE_OFFLINE = "machine_offline"
+GPU_OVERHEAT = "gpu_overheat"
+GPU_XID = "gpu_xid"
+GPU_ECC = "gpu_ecc"
+GPU_REMAPPED_ROWS = "gpu_remapped_rows"
+DISK_FULL = "disk_full"
+LEASE_EXPIRING = "lease_expiring"
+RECLAIM_STUCK = "reclaim_stuck"
+
+SEVERITY = {
+    MACHINE_OFFLINE: "critical",
+    GPU_OVERHEAT: "warning",
+    GPU_XID: "critical",
+    GPU_ECC: "critical",
+    GPU_REMAPPED_ROWS: "warning",
+    DISK_FULL: "warning",
+    LEASE_EXPIRING: "info",
+    RECLAIM_STUCK: "critical",
+}
+# Rules for events rather than states: they resolve after a quiet period.
+EVENT_RULES = (GPU_XID, GPU_ECC)
+
+
+def alert_event(row: asyncpg.Record) -> dict[str, Any]:
+    """The alert as CONTRACT.md §3 shows it (also the payload of ``alert`` events)."""
+    return {
+        "id": f"alert-{row['id']}",
+        "machine_id": row["machine_id"],
+        "tenant_id": row["tenant_id"],
+        "rule": row["rule"],
+        "severity": row["severity"],
+        "status": row["status"],
+        "message": row["message"],
+        "details": row["details"],
+        "first_seen_at": row["first_seen_at"],
+        "last_seen_at": row["last_seen_at"],
+        "resolved_at": row["resolved_at"],
+        "acknowledged_by": row["acknowledged_by"],
+        "acknowledged_at": row["acknowledged_at"],
+    }
+
+
+class AlertService:
+    def __init__(self, pool: asyncpg.Pool, events: EventSink) -> None:
+        self._pool = pool
+        self._events = events
+
+    async def raise_(self, machine_id: str, rule: str, message: str,
+                     details: dict[str, Any] | None = None, *,
+                     severity: str | None = None) -> bool:
+        """Open (or refresh) the alert; True if it is new."""
+        row = await alert_store.raise_alert(self._pool, machine_id, rule,
+                                            severity or SEVERITY[rule], message, details or {})
+        if row is None or not row["inserted"]:
+            return False
+        log.warning("alert raised", extra={"machine_id": machine_id, "rule": rule,
+                                           "alert_message": message})
+        self._events.publish(ALERT, alert_event(row))
+        return True
+
+    async def resolve(self, machine_id: str, rule: str) -> bool:
+        row = await alert_store.resolve(self._pool, machine_id, rule)
+        if row is None:
+            return False
+        self._events.publish(ALERT, alert_event(row))
+        return True
+
+    async def resolve_quiet(self, quiet_s: float) -> int:
+        """Resolve event alerts (XID, ECC) not seen again for ``quiet_s``."""
+        since = datetime.now(UTC) - timedelta(seconds=quiet_s)
+        rows = await alert_store.resolve_quiet(self._pool, list(EVENT_RULES), since)
+        for row in rows:
+            self._events.publish(ALERT, alert_event(row))
+        return len(rows)
+
+    async def machines_with_open(self, rule: str) -> set[str]:
+        return await alert_store.open_of_rule(self._pool, rule)
+
+    async def acknowledge(self, alert_id: int, user_id: int) -> asyncpg.Record:
+        if not await alert_store.acknowledge(self._pool, alert_id, user_id):
+            row = await alert_store.get(self._pool, alert_id)
+            if row is None:
+                raise NotFound("alert not found")
+            if row["status"] == "resolved":
+                raise Conflict("the alert is resolved", data={"status": "resolved"})
+            return row  # already acknowledged: acknowledging again changes nothing
+        row = await alert_store.get(self._pool, alert_id)
+        self._events.publish(ALERT, alert_event(row))
+        return row
+
+    async def page(self, flt: AlertFilter, *, limit: int,
+                   offset: int) -> tuple[list[asyncpg.Record], int]:
+        return await alert_store.page(self._pool, flt, limit=limit, offset=offset)

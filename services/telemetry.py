@@ -1,0 +1,96 @@
+"""GPU trends over time ranges, and the latest sample of every machine from Redis."""
+
+from __future__ import annotations
+
+import math
+import time
+from datetime import UTC, datetime
+from typing import Any
+
+import asyncpg
+import orjson
+import redis.asyncio as redis
+
+from storage import telemetry
+from storage.cache import Keys
+
+# range -> (span, bucket width), seconds (CONTRACT.md §3: 1h->1m, 6h->5m, 24h->15m,
+# 7d->1h, 30d->6h)
+RANGES = {
+    "1h": (3600, 60),
+    "6h": (6 * 3600, 300),
+    "24h": (24 * 3600, 900),
+    "7d": (7 * 24 * 3600, 3600),
+    "30d": (30 * 24 * 3600, 6 * 3600),
+}
+_FOREVER = datetime.max.replace(tzinfo=UTC)
+_NEVER = datetime.min.replace(tzinfo=UTC)
+
+
+def _aware(moment: datetime) -> datetime:
+    """asyncpg gives PostgreSQL's +-infinity as naive datetime.min / max."""
+    if moment.tzinfo is not None:
+        return moment
+    return _NEVER if moment.year == 1 else _FOREVER
+
+
+class TelemetryService:
+    def __init__(self, pool: asyncpg.Pool, client: redis.Redis, keys: Keys, *,
+                 timescaledb: bool, heartbeat_timeout_s: float) -> None:
+        self._pool = pool
+        self._redis = client
+        self._keys = keys
+        self._timescaledb = timescaledb
+        self._timeout_s = heartbeat_timeout_s
+
+    async def trend(self, range_name: str, *, machine_id: str | None = None,
+                    not_before: datetime | None = None) -> tuple[int, list[dict[str, Any]]]:
+        """``(interval, points)``: buckets aligned to the epoch, oldest first, up to and
+        including the current one; empty buckets left out."""
+        span, width = RANGES[range_name]
+        first = math.floor((time.time() - span) / width) * width
+        since = datetime.fromtimestamp(first, UTC)
+        if not_before is not None and not_before > since:
+            since = not_before
+        rolled_1h, rolled_1m = await self._watermarks()
+        if width < 3600:
+            rolled_1h = since  # minute buckets: nothing from the hourly rollup
+        rows = await telemetry.trend(self._pool, since=since, width_s=width,
+                                     machine_id=machine_id, rolled_1h=rolled_1h,
+                                     rolled_1m=rolled_1m)
+        return width, [
+            {"ts": row["ts"], "avg_util": round(row["avg_util"], 2),
+             "max_util": round(row["max_util"], 2),
+             "avg_mem_util": round(row["avg_mem_util"], 2)
+             if row["avg_mem_util"] is not None else None}
+            for row in rows
+        ]
+
+    async def _watermarks(self) -> tuple[datetime, datetime]:
+        if self._timescaledb:
+            return _FOREVER, _FOREVER  # real-time continuous aggregates cover everything
+        state = await telemetry.rollup_state(self._pool)
+        return _aware(state["1h"]), _aware(state["1m"])
+
+    async def realtime(self) -> list[dict[str, Any]]:
+        """The latest sample of every machine that ever reported, in one Redis round trip;
+        ``status`` from the hub's receive times."""
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.hgetall(self._keys.latest())
+            pipe.zrange(self._keys.last_seen(), 0, -1, withscores=True)
+            latest, seen = await pipe.execute()
+        heard = {member.decode(): score for member, score in seen}
+        cutoff = time.time() - self._timeout_s
+        machines = []
+        for machine_id, payload in sorted(latest.items()):
+            sample = orjson.loads(payload)
+            name = machine_id.decode()
+            machines.append({
+                "machine_id": name,
+                "status": "online" if heard.get(name, 0) > cutoff else "offline",
+                "gpu_util": sample["gpu_util"], "gpu_mem": sample["gpu_mem"],
+                "cpu_util": sample["cpu_util"], "ts": sample["ts"],
+                "gpus": [{k: g[k] for k in ("index", "util", "mem_used", "mem_total", "temp",
+                                             "power")} for g in sample["gpus"]],
+            })
+        return machines
