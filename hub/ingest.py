@@ -109,6 +109,12 @@ class Ingest:
         if not task.cancelled() and task.exception() is not None:
             log.error("ingest follow-up failed", exc_info=task.exception())
 
+    async def flush(self) -> None:
+        """Write what is pending to Redis and PostgreSQL now (tests, shutdown)."""
+        await self._sink.flush()
+        await self._writer.flush()
+        await self.drain()
+
     async def drain(self) -> None:
         """Wait for follow-ups in flight (alert writes, online transitions)."""
         while self._tasks:
