@@ -8,13 +8,15 @@ from typing import Any
 import asyncpg
 
 from services.events import JOB_QUEUED, JOB_UPDATE, MACHINE_STATUS, EventSink
-from services.ids import JOB, format_id
+from services.ids import ALLOCATION, JOB, format_id
 
 
 def command(job: asyncpg.Record) -> dict[str, Any]:
-    """The job as an agent receives it (CONTRACT.md §6)."""
-    return {"job_id": format_id(JOB, job["id"]), "action": job["kind"],
-            "params": job["params"] or {}}
+    """The job as an agent receives it (CONTRACT.md §6), with public ids."""
+    params = dict(job["params"] or {})
+    if "allocation_id" in params:
+        params["allocation_id"] = format_id(ALLOCATION, params["allocation_id"])
+    return {"job_id": format_id(JOB, job["id"]), "action": job["kind"], "params": params}
 
 
 def job_event(job: asyncpg.Record) -> dict[str, Any]:
