@@ -43,6 +43,8 @@ class Bus:
         self._events_channel = keys.channel("events")
         self._telemetry_channel = keys.channel(TELEMETRY)
         self.origin = uuid.uuid4().hex[:12]
+        # Every message starts with its origin, so our own echoes are skipped undecoded.
+        self._own_prefix = b'{"o":"' + self.origin.encode() + b'"'
         self._handlers: dict[str, list[Handler]] = {}
         self._outbox: deque[tuple[str, bytes]] = deque()
         self._wakeup = asyncio.Event()
@@ -62,8 +64,10 @@ class Bus:
         self._deliver(kind, data)
         self._enqueue(self._events_channel, dumps({"o": self.origin, "k": kind, "d": data}))
 
-    def publish_telemetry(self, samples: list[dict[str, Any]]) -> None:
-        self._enqueue(self._telemetry_channel, dumps({"o": self.origin, "s": samples}))
+    def publish_telemetry(self, samples: list[bytes]) -> None:
+        """Samples already encoded as JSON (the same bytes written to Redis)."""
+        self._enqueue(self._telemetry_channel,
+                      self._own_prefix + b',"s":[' + b",".join(samples) + b"]}")
 
     def _enqueue(self, channel: str, message: bytes) -> None:
         if len(self._outbox) >= QUEUE_MAX:
@@ -137,11 +141,11 @@ class Bus:
                     await pubsub.aclose()
 
     def _on_message(self, channel: bytes, payload: bytes) -> None:
+        if payload.startswith(self._own_prefix):
+            return
         try:
             message = orjson.loads(payload)
         except orjson.JSONDecodeError:
-            return
-        if message.get("o") == self.origin:
             return
         self.received += 1
         if channel.decode() == self._telemetry_channel:

@@ -21,19 +21,37 @@ from services.frames import MetricsFrame
 log = logging.getLogger(__name__)
 
 
-def to_sample(machine_id: str, frame: MetricsFrame, received: float) -> Sample:
-    gpus = [{"index": g.index, "util": g.util, "mem_used": g.mem_used,
-             "mem_total": g.mem_total, "temp": g.temp, "power": g.power,
-             "xid_errors": g.xid_errors, "ecc_dbe": g.ecc_dbe,
-             "remapped_rows_pending": g.remapped_rows_pending} for g in frame.gpus]
-    return Sample(
+_HEALTH = ("xid_errors", "ecc_dbe", "remapped_rows_pending")
+
+
+def split_frame(machine_id: str, frame: MetricsFrame, received: float
+                ) -> tuple[Sample, list[tuple], tuple]:
+    """The frame as the latest sample and as rows for gpu_metrics and machine_metrics,
+    in one pass over its GPUs (this runs for every frame)."""
+    time = datetime.fromtimestamp(frame.ts, UTC)
+    rows, gpus = [], []
+    util_sum = mem_sum = 0.0
+    for g in frame.gpus:
+        rows.append((time, machine_id, g.index, g.util, g.mem_used, g.mem_total, g.temp,
+                     g.power))
+        gpu = {"index": g.index, "util": g.util, "mem_used": g.mem_used,
+               "mem_total": g.mem_total, "temp": g.temp, "power": g.power}
+        for name in _HEALTH:
+            value = getattr(g, name)
+            if value is not None:
+                gpu[name] = value
+        gpus.append(gpu)
+        util_sum += g.util
+        mem_sum += g.mem_used
+    sample = Sample(
         machine_id=machine_id, ts=frame.ts, received=received, cpu_util=frame.cpu_util,
         mem_used=frame.mem_used, mem_total=frame.mem_total, disk_used=frame.disk_used,
         disk_total=frame.disk_total,
-        gpu_util=round(sum(g.util for g in frame.gpus) / len(frame.gpus), 2)
-        if frame.gpus else None,
-        gpu_mem=sum(g.mem_used for g in frame.gpus), gpus=gpus,
+        gpu_util=round(util_sum / len(gpus), 2) if gpus else None, gpu_mem=mem_sum, gpus=gpus,
     )
+    machine_row = (time, machine_id, frame.cpu_util, frame.mem_used, frame.mem_total,
+                   frame.disk_used, frame.disk_total)
+    return sample, rows, machine_row
 
 
 class Ingest:
@@ -52,14 +70,8 @@ class Ingest:
         self.frames = 0
 
     def accept(self, machine_id: str, frame: MetricsFrame, received: float) -> Sample:
-        sample = to_sample(machine_id, frame, received)
-        time = datetime.fromtimestamp(frame.ts, UTC)
-        self._writer.add(
-            [(time, machine_id, g.index, g.util, g.mem_used, g.mem_total, g.temp, g.power)
-             for g in frame.gpus],
-            (time, machine_id, frame.cpu_util, frame.mem_used, frame.mem_total,
-             frame.disk_used, frame.disk_total),
-        )
+        sample, gpu_rows, machine_row = split_frame(machine_id, frame, received)
+        self._writer.add(gpu_rows, machine_row)
         self._state.apply(sample)
         self._sink.add(sample)
         self.frames += 1

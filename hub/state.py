@@ -23,6 +23,7 @@ class Sample:
     gpus: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        """The sample as Redis, the bus and the alert rules see it."""
         return {
             "machine_id": self.machine_id, "ts": self.ts, "received": self.received,
             "cpu_util": self.cpu_util, "mem_used": self.mem_used, "mem_total": self.mem_total,

@@ -119,9 +119,10 @@ class TelemetryWriter:
 
     async def _write_batch(self) -> None:
         async with self._lock:
+            # Both tables drain at their own pace: a batch holds up to batch_rows of each.
             gpu = [self._gpu[i] for i in range(min(self._batch_rows, len(self._gpu)))]
-            room = max(self._batch_rows - len(gpu), 0)
-            machine = [self._machine[i] for i in range(min(room or 1, len(self._machine)))]
+            machine = [self._machine[i]
+                       for i in range(min(self._batch_rows, len(self._machine)))]
             if not gpu and not machine:
                 return
             started = time.monotonic()

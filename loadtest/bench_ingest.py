@@ -1,0 +1,207 @@
+"""Ingest benchmark: N agents stream metrics frames over /ws/agent to a running hub.
+
+Prints frames sent and accepted per second, GPU samples per second that reached
+PostgreSQL, and p50/p99 delay from sending a frame to its row being visible. It speaks
+only the wire protocol (plus read-only SQL to see when rows land), so it can target any
+hub. Example (hub on :8080, its database reachable with --dsn):
+
+    .venv/bin/python loadtest/bench_ingest.py --hub http://127.0.0.1:8080 \\
+        --admin-user admin --admin-password "$(cat var/dev-admin-password)" \\
+        --dsn postgresql://postgres@127.0.0.1:5432/remotegpu \\
+        --agents 2000 --interval 1 --duration 60 --processes 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import multiprocessing
+import os
+import random
+import statistics
+import sys
+import time
+from datetime import UTC, datetime
+
+import aiohttp
+import asyncpg
+import orjson
+
+GPUS = 8
+GPU_MEM_MIB = 81559
+
+
+async def _login(session: aiohttp.ClientSession, hub: str, user: str, password: str) -> str:
+    async with session.post(f"{hub}/api/v1/auth/login",
+                            json={"username": user, "password": password}) as resp:
+        body = await resp.json()
+        if resp.status != 200:
+            sys.exit(f"login failed: {body}")
+        return body["data"]["access_token"]
+
+
+async def register(hub: str, user: str, password: str, count: int, prefix: str) -> dict[str, str]:
+    """Create (or take over, by rotating the token) machines prefix00001..; their tokens."""
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+        headers = {"Authorization": f"Bearer {await _login(session, hub, user, password)}"}
+        limit = asyncio.Semaphore(20)
+
+        async def one(i: int) -> tuple[str, str]:
+            machine_id = f"{prefix}{i:05d}"
+            spec = {"id": machine_id, "name": machine_id, "region": f"bench-{i % 8}",
+                    "ip": f"10.{200 + i // 65536}.{i // 256 % 256}.{i % 256}",
+                    "gpu_model": "NVIDIA H100 80GB HBM3", "gpu_count": GPUS,
+                    "gpu_memory_gb": 80}
+            async with limit:
+                async with session.post(f"{hub}/api/v1/admin/machines", json=spec,
+                                        headers=headers) as resp:
+                    body = await resp.json()
+                    if resp.status == 200:
+                        return machine_id, body["data"]["agent_token"]
+                async with session.post(f"{hub}/api/v1/admin/machines/{machine_id}/agent-token",
+                                        headers=headers) as resp:
+                    body = await resp.json()
+                    return machine_id, body["data"]["agent_token"]
+
+        return dict(await asyncio.gather(*(one(i) for i in range(1, count + 1))))
+
+
+def make_frame(now: float, phase: float) -> dict:
+    util = 50 + 45 * random.random() * phase
+    return {
+        "type": "metrics", "ts": now, "cpu_util": 35.0, "mem_used": 180.0, "mem_total": 512,
+        "disk_used": 900, "disk_total": 3800,
+        "gpus": [{"index": i, "util": round(util, 1), "mem_used": round(util * 800),
+                  "mem_total": GPU_MEM_MIB, "temp": round(40 + util / 3, 1),
+                  "power": round(90 + util * 6, 1)} for i in range(GPUS)],
+    }
+
+
+async def drive(hub: str, tokens: dict[str, str], interval: float, duration: float,
+                sent_at: dict[tuple[str, datetime], float] | None) -> dict[str, int]:
+    """Stream frames from every machine for ``duration`` seconds."""
+    ws_url = hub.replace("http", "ws", 1) + "/ws/agent"
+    stats = {"sent": 0, "errors": 0, "connected": 0}
+    stop_at = time.monotonic() + duration
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def agent(machine_id: str, token: str) -> None:
+            try:
+                async with session.ws_connect(ws_url, headers={"Authorization": f"Bearer {token}"},
+                                              compress=0, autoping=True) as ws:
+                    stats["connected"] += 1
+                    await ws.send_str(orjson.dumps({"type": "hello", "machine_id": machine_id,
+                                                    "gpus": []}).decode())
+                    await asyncio.sleep(random.random() * interval)
+                    phase = random.random()
+                    while time.monotonic() < stop_at:
+                        now = time.time()
+                        await ws.send_str(orjson.dumps(make_frame(now, phase)).decode())
+                        if sent_at is not None:
+                            sent_at[(machine_id, datetime.fromtimestamp(now, UTC))] = now
+                        stats["sent"] += 1
+                        await asyncio.sleep(interval)
+            except (aiohttp.ClientError, OSError):
+                stats["errors"] += 1
+
+        await asyncio.gather(*(agent(m, t) for m, t in tokens.items()))
+    return stats
+
+
+async def watch_rows(dsn: str, sent_at: dict[tuple[str, datetime], float], stop: asyncio.Event,
+                     delays: list[float]) -> None:
+    """Poll for GPU 0 rows and record send -> visible delays."""
+    conn = await asyncpg.connect(dsn)
+    try:
+        since = datetime.now(UTC)
+        while not stop.is_set():
+            rows = await conn.fetch("SELECT machine_id, time FROM gpu_metrics "
+                                    "WHERE gpu_index = 0 AND time >= $1", since)
+            seen_at = time.time()
+            for row in rows:
+                sent = sent_at.pop((row["machine_id"], row["time"]), None)
+                if sent is not None:
+                    delays.append(seen_at - sent)
+            if rows:
+                since = max(row["time"] for row in rows)
+            await asyncio.sleep(0.1)
+    finally:
+        await conn.close()
+
+
+async def scrape(hub: str, name: str) -> float:
+    async with aiohttp.ClientSession() as session, session.get(f"{hub}/metrics") as resp:
+        for line in (await resp.text()).splitlines():
+            if line.startswith(name + " "):
+                return float(line.split()[1])
+    return 0.0
+
+
+def _worker(hub: str, tokens: dict[str, str], interval: float, duration: float,
+            queue: multiprocessing.Queue) -> None:
+    queue.put(asyncio.run(drive(hub, tokens, interval, duration, None)))
+
+
+async def main(args: argparse.Namespace) -> None:
+    tokens = await register(args.hub, args.admin_user, args.admin_password, args.agents,
+                            args.prefix)
+    print(f"{len(tokens)} machines registered", file=sys.stderr)
+    items = list(tokens.items())
+    share = len(items) // args.processes
+    # This process drives the first share (and measures delays); others the rest.
+    mine = dict(items[:share + len(items) % args.processes])
+    others = [dict(items[len(mine) + i * share: len(mine) + (i + 1) * share])
+              for i in range(args.processes - 1)]
+    frames_before = await scrape(args.hub, "remotegpu_ingest_frames_total")
+    conn = await asyncpg.connect(args.dsn)
+    rows_before = await conn.fetchval("SELECT count(*) FROM gpu_metrics")
+    queue: multiprocessing.Queue = multiprocessing.Queue()
+    workers = [multiprocessing.Process(target=_worker, args=(args.hub, part, args.interval,
+                                                              args.duration, queue))
+               for part in others]
+    for worker in workers:
+        worker.start()
+    sent_at: dict[tuple[str, datetime], float] = {}
+    delays: list[float] = []
+    stop = asyncio.Event()
+    watcher = asyncio.create_task(watch_rows(args.dsn, sent_at, stop, delays))
+    started = time.monotonic()
+    stats = await drive(args.hub, mine, args.interval, args.duration, sent_at)
+    elapsed = time.monotonic() - started
+    await asyncio.sleep(3)  # let the last batches land
+    stop.set()
+    await watcher
+    for worker in workers:
+        worker.join()
+        other = queue.get()
+        for key in stats:
+            stats[key] += other[key]
+    frames = await scrape(args.hub, "remotegpu_ingest_frames_total") - frames_before
+    rows = await conn.fetchval("SELECT count(*) FROM gpu_metrics") - rows_before
+    await conn.close()
+    delays.sort()
+    print(f"agents={args.agents} connected={stats['connected']} errors={stats['errors']} "
+          f"processes={args.processes} interval={args.interval}s duration={elapsed:.0f}s")
+    print(f"frames sent/s={stats['sent'] / elapsed:,.0f} accepted/s={frames / elapsed:,.0f}")
+    print(f"GPU samples written/s={rows / elapsed:,.0f} (total {rows:,})")
+    if delays:
+        p50 = statistics.median(delays)
+        p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
+        print(f"frame->row delay p50={p50 * 1000:.0f} ms p99={p99 * 1000:.0f} ms "
+              f"(n={len(delays):,}, GPU 0 rows of this process's agents)")
+
+
+if __name__ == "__main__":
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--hub", default="http://127.0.0.1:8080")
+    parser.add_argument("--admin-user", default="admin")
+    parser.add_argument("--admin-password", default=os.environ.get("REMOTEGPU_ADMIN_PASSWORD"))
+    parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/remotegpu")
+    parser.add_argument("--agents", type=int, default=2000)
+    parser.add_argument("--interval", type=float, default=1.0,
+                        help="seconds between frames of one agent")
+    parser.add_argument("--duration", type=float, default=60)
+    parser.add_argument("--processes", type=int, default=1,
+                        help="client processes (the client competes with the hub for CPU)")
+    parser.add_argument("--prefix", default="bench-")
+    asyncio.run(main(parser.parse_args()))
