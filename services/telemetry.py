@@ -54,7 +54,7 @@ class TelemetryService:
             since = not_before
         rolled_1h, rolled_1m = await self._watermarks()
         if width < 3600:
-            rolled_1h = since  # minute buckets: nothing from the hourly rollup
+            rolled_1h = _NEVER  # minute buckets: nothing from the hourly rollup
         rows = await telemetry.trend(self._pool, since=since, width_s=width,
                                      machine_id=machine_id, rolled_1h=rolled_1h,
                                      rolled_1m=rolled_1m)

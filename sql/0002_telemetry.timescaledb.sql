@@ -52,12 +52,12 @@ WITH (timescaledb.continuous, timescaledb.materialized_only = false) AS
 SELECT time_bucket(INTERVAL '1 minute', time) AS bucket,
        machine_id,
        count(*)::integer AS samples,
-       sum(util)::double precision AS util_sum,
+       sum(util::double precision) AS util_sum,
        max(util) AS util_max,
-       sum(mem_used)::double precision AS mem_used_sum,
-       sum(mem_used / nullif(mem_total, 0) * 100)::double precision AS mem_pct_sum,
+       sum(mem_used::double precision) AS mem_used_sum,
+       sum(mem_used::double precision / nullif(mem_total, 0) * 100) AS mem_pct_sum,
        max(temp) AS temp_max,
-       sum(power)::double precision AS power_sum
+       sum(power::double precision) AS power_sum
 FROM gpu_metrics
 GROUP BY time_bucket(INTERVAL '1 minute', time), machine_id
 WITH NO DATA;

@@ -15,20 +15,24 @@ MACHINE_COLUMNS = ("time", "machine_id", "cpu_util", "mem_used", "mem_total", "d
                    "disk_total")
 TELEMETRY_TABLES = ("gpu_metrics", "machine_metrics")
 
-# One query for every range: the 1 h rollup before w1h, the 1 m rollup between w1h and w1m,
-# raw rows from w1m on (not rolled up yet). Every part carries sums and counts, so buckets
-# that straddle the parts add up exactly. With TimescaleDB the watermarks are +infinity:
-# the continuous aggregates are real-time and cover the newest rows themselves.
+# One query for every range: the 1 h rollup for [since_h, rolled_1h), the 1 m rollup for
+# [since_m, rolled_1m) outside that, raw rows for [since, since_m) and from rolled_1m on
+# (not rolled up yet). since_m and since_h are `since` rounded up to the minute and the
+# hour, so a range that starts mid-bucket (a lease start) loses no sample. Every part
+# carries sums and counts, so buckets that straddle the parts add up exactly. With
+# TimescaleDB the rolled_* watermarks are +infinity: the continuous aggregates are
+# real-time and cover the newest rows themselves.
+#   $1 since  $2 width_s  $3 since_m  $4 since_h  $5 rolled_1h  $6 rolled_1m  [$7 machine]
 _TREND = """
 WITH parts AS (
     SELECT bucket AS t, samples, util_sum, util_max, mem_pct_sum FROM gpu_metrics_1h
-    WHERE bucket >= $1 AND bucket < $3 {machine}
+    WHERE bucket >= $4 AND bucket < $5 {machine}
     UNION ALL
     SELECT bucket, samples, util_sum, util_max, mem_pct_sum FROM gpu_metrics_1m
-    WHERE bucket >= greatest($1, $3) AND bucket < $4 {machine}
+    WHERE bucket >= $3 AND bucket < $6 AND NOT (bucket >= $4 AND bucket < $5) {machine}
     UNION ALL
-    SELECT time, 1, util, util, mem_used / nullif(mem_total, 0) * 100 FROM gpu_metrics
-    WHERE time >= greatest($1, $4) {machine}
+    SELECT time, 1, util, util, mem_used::float8 / nullif(mem_total, 0) * 100 FROM gpu_metrics
+    WHERE time >= $1 AND (time < $3 OR time >= $6) {machine}
 )
 SELECT (floor(extract(epoch FROM t) / $2) * $2)::bigint AS ts,
        sum(util_sum) / sum(samples) AS avg_util,
@@ -39,7 +43,7 @@ GROUP BY 1
 ORDER BY 1
 """
 _TREND_ALL = _TREND.format(machine="")
-_TREND_ONE = _TREND.format(machine="AND machine_id = $5")
+_TREND_ONE = _TREND.format(machine="AND machine_id = $7")
 
 _ROLLUP_STATE = "SELECT level, upto FROM telemetry_rollup_state"
 _SET_ROLLUP_STATE = "UPDATE telemetry_rollup_state SET upto = $2 WHERE level = $1"
@@ -47,8 +51,9 @@ _CLEAR_1M = "DELETE FROM gpu_metrics_1m WHERE bucket = ANY($1::timestamptz[])"
 _ROLLUP_1M = """
 INSERT INTO gpu_metrics_1m (bucket, machine_id, samples, util_sum, util_max, mem_used_sum,
                             mem_pct_sum, temp_max, power_sum)
-SELECT b.start, g.machine_id, count(*), sum(g.util), max(g.util), sum(g.mem_used),
-       sum(g.mem_used / nullif(g.mem_total, 0) * 100), max(g.temp), sum(g.power)
+SELECT b.start, g.machine_id, count(*), sum(g.util::float8), max(g.util),
+       sum(g.mem_used::float8), sum(g.mem_used::float8 / nullif(g.mem_total, 0) * 100),
+       max(g.temp), sum(g.power::float8)
 FROM unnest($1::timestamptz[]) AS b(start)
 JOIN gpu_metrics g ON g.time >= b.start AND g.time < b.start + interval '1 minute'
 GROUP BY b.start, g.machine_id
@@ -81,9 +86,17 @@ async def trend(db: Executor, *, since: datetime, width_s: int, machine_id: str 
                 rolled_1h: datetime, rolled_1m: datetime) -> list[asyncpg.Record]:
     """Buckets of ``width_s`` seconds (aligned to the epoch) from ``since``; ``rolled_1h``
     and ``rolled_1m`` say up to when each rollup is complete."""
+    since_m = _round_up(since, 60)
+    since_h = _round_up(since, 3600)
+    args = [since, width_s, since_m, since_h, rolled_1h, rolled_1m]
     if machine_id is None:
-        return await db.fetch(_TREND_ALL, since, width_s, rolled_1h, rolled_1m)
-    return await db.fetch(_TREND_ONE, since, width_s, rolled_1h, rolled_1m, machine_id)
+        return await db.fetch(_TREND_ALL, *args)
+    return await db.fetch(_TREND_ONE, *args, machine_id)
+
+
+def _round_up(moment: datetime, step_s: int) -> datetime:
+    epoch = moment.timestamp()
+    return datetime.fromtimestamp(-(-epoch // step_s) * step_s, moment.tzinfo)
 
 
 async def rollup_state(db: Executor) -> dict[str, datetime]:
