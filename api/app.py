@@ -242,7 +242,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     rules = FrameRules(temp_c=settings.alert_gpu_temp_c,
                        temp_samples=settings.alert_gpu_temp_samples,
                        disk_pct=settings.alert_disk_pct)
-    rules.load_open(await alert_store.open_keys(pool))
+    rules.load(await alert_store.rule_memory(pool))
     liveness = Liveness(pool, app[REDIS], app[REDIS_KEYS], app[ALERTS], bus,
                         timeout_s=settings.heartbeat_timeout_s)
     monitor = Periodic("liveness", settings.monitor_interval_s, liveness.scan,
@@ -259,8 +259,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     bus.subscribe(events.MACHINE_DELETED, lambda data: _forget(app, rules, data["machine_id"]))
     bus.subscribe(events.JOB_QUEUED, dispatcher.on_job_queued)
     bus.subscribe(events.AGENT_TOKEN_ROTATED, lambda data: _token_rotated(app, data))
-    bus.subscribe(events.ALERT, lambda data: rules.note(data["machine_id"], data["rule"],
-                                                        data["status"]))
+    bus.subscribe(events.ALERT, rules.note)
     bus.subscribe(TELEMETRY_CHANNEL, ingest.apply_remote)
     _register_ingest_metrics(app, ingest, writer, sink, sockets)
 

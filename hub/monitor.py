@@ -19,6 +19,8 @@ from storage.cache import Keys
 
 log = logging.getLogger(__name__)
 
+LOOKBACK_S = 10.0
+
 
 class Liveness:
     def __init__(self, pool: asyncpg.Pool, client: redis.Redis, keys: Keys,
@@ -32,22 +34,26 @@ class Liveness:
         self._last_scan = 0.0
 
     async def scan(self) -> int:
-        """One monitor tick: mark silent machines offline (raising an alert each) and
-        record when the others were last heard from. Returns how many went offline."""
+        """One monitor tick: record when machines were last heard from, mark silent ones
+        offline (raising an alert each). Returns how many went offline."""
         now = time.time()
-        silent = [m.decode() for m in await self._redis.zrangebyscore(
-            self._keys.last_seen(), "-inf", f"({now - self._timeout_s}")]
-        heard = await self._redis.zrangebyscore(self._keys.last_seen(),
-                                                f"({self._last_scan or now - self._timeout_s}",
-                                                "+inf", withscores=True)
+        # Look back a little: a receive time reaches Redis up to a flush later than it
+        # happened (and later still from another process); updates only move forward.
+        since = (self._last_scan or now - self._timeout_s) - LOOKBACK_S
         self._last_scan = now
+        heard = await self._redis.zrangebyscore(self._keys.last_seen(), f"({since}", "+inf",
+                                                withscores=True)
         if heard:
             await machine_store.touch_heartbeats(
                 self._pool, [m.decode() for m, _ in heard],
                 [datetime.fromtimestamp(score, UTC) for _, score in heard])
-        if not silent:
-            return 0
-        offline = await machine_store.mark_offline(self._pool, silent)
+        silent = [m.decode() for m in await self._redis.zrangebyscore(
+            self._keys.last_seen(), "-inf", f"({now - self._timeout_s}")]
+        offline = await machine_store.mark_offline(self._pool, silent) if silent else []
+        # A machine online in PostgreSQL but unknown to Redis (Redis emptied or restarted)
+        # would never be seen as silent above; its last heartbeat in PostgreSQL tells.
+        offline += await machine_store.mark_stale_offline(
+            self._pool, datetime.fromtimestamp(now - self._timeout_s, UTC))
         for row in offline:
             await self._alerts.raise_(
                 row["id"], MACHINE_OFFLINE,

@@ -40,16 +40,26 @@ class FrameRules:
         self._machines: dict[str, _Machine] = {}
         self._open: dict[tuple[str, str], float] = {}  # open alert -> when last raised
 
-    def load_open(self, keys: list[tuple[str, str]]) -> None:
-        """Alerts already open in the database (at start-up)."""
-        self._open = {key: 0.0 for key in keys}
+    def load(self, alerts: list[dict[str, Any]]) -> None:
+        """At start-up: the open alerts, and the latest ECC alert of each machine."""
+        for alert in alerts:
+            self.note(alert)
+        for alert in alerts:  # refresh open ones at the next sighting
+            if alert["status"] != "resolved":
+                self._open[(alert["machine_id"], alert["rule"])] = 0.0
 
-    def note(self, machine_id: str, rule: str, status: str) -> None:
-        """Keep track of alert changes made elsewhere (other processes, admins)."""
-        if status == "resolved":
-            self._open.pop((machine_id, rule), None)
+    def note(self, alert: dict[str, Any]) -> None:
+        """Keep track of alert changes made elsewhere (other processes, admins, or before
+        a restart): which are open, and the ECC counts already alerted on."""
+        key = (alert["machine_id"], alert["rule"])
+        if alert["status"] == "resolved":
+            self._open.pop(key, None)
         else:
-            self._open.setdefault((machine_id, rule), time.monotonic())
+            self._open.setdefault(key, time.monotonic())
+        if alert["rule"] == GPU_ECC:
+            seen = self._machines.setdefault(alert["machine_id"], _Machine()).ecc_seen
+            for index, count in (alert.get("details") or {}).get("ecc_dbe", {}).items():
+                seen[int(index)] = max(seen.get(int(index), 0), int(count))
 
     def forget(self, machine_id: str) -> None:
         self._machines.pop(machine_id, None)

@@ -102,7 +102,16 @@ async def page(db: Executor, flt: AlertFilter, *, limit: int,
     return await db.fetch(query, *where.args), total
 
 
-async def open_keys(db: Executor) -> list[tuple[str, str]]:
-    """(machine_id, rule) of every open alert."""
-    rows = await db.fetch("SELECT machine_id, rule FROM alerts WHERE status <> 'resolved'")
-    return [(row["machine_id"], row["rule"]) for row in rows]
+_RULE_MEMORY = """
+(SELECT DISTINCT ON (machine_id) machine_id, rule, status, details FROM alerts
+ WHERE rule = 'gpu_ecc' AND status = 'resolved'
+ ORDER BY machine_id, last_seen_at DESC)
+UNION ALL
+SELECT machine_id, rule, status, details FROM alerts WHERE status <> 'resolved'
+"""
+
+
+async def rule_memory(db: Executor) -> list[dict[str, Any]]:
+    """What the frame rules must remember across restarts: every open alert, and the
+    last resolved ECC alert of each machine (the error counts already reported)."""
+    return [dict(row) for row in await db.fetch(_RULE_MEMORY)]

@@ -274,6 +274,11 @@ UPDATE machines SET status = 'offline'
 WHERE id = ANY($1::text[]) AND status = 'online'
 RETURNING id, status, allocation_status, tenant_id
 """
+_MARK_STALE_OFFLINE = """
+UPDATE machines SET status = 'offline'
+WHERE status = 'online' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1)
+RETURNING id, status, allocation_status, tenant_id
+"""
 _TOUCH_HEARTBEATS = """
 UPDATE machines m SET last_heartbeat_at = v.seen
 FROM unnest($1::text[], $2::timestamptz[]) AS v(id, seen)
@@ -306,6 +311,11 @@ async def mark_online(db: Executor, machine_id: str) -> asyncpg.Record | None:
 async def mark_offline(db: Executor, ids: list[str]) -> list[asyncpg.Record]:
     """online -> offline for these machines; returns the ones that changed."""
     return await db.fetch(_MARK_OFFLINE, ids)
+
+
+async def mark_stale_offline(db: Executor, heard_before: Any) -> list[asyncpg.Record]:
+    """online -> offline for machines whose last recorded heartbeat is too old."""
+    return await db.fetch(_MARK_STALE_OFFLINE, heard_before)
 
 
 async def touch_heartbeats(db: Executor, ids: list[str], seen: list[Any]) -> None:
