@@ -13,6 +13,7 @@ from collections.abc import Sequence
 import asyncpg
 from aiohttp import web
 
+from agent_mock import cli as agent_mock_cli
 from api.app import create_app
 from services import logs
 from services.accounts import create_admin
@@ -46,11 +47,17 @@ def _parser() -> argparse.ArgumentParser:
                             "stdin when it is not a terminal), which keeps it out of `ps`")
     admin.add_argument("--reset", action="store_true",
                        help="set a new password for an existing user and end its sessions")
+
+    simulator = commands.add_parser("agent-mock", help="simulate a fleet of agents (speaks "
+                                                       "only the agent protocol)")
+    agent_mock_cli.add_arguments(simulator)
     return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "agent-mock":  # a client of the hub: needs none of its settings
+        return agent_mock_cli.main(args)
     try:
         settings = Settings.from_env(os.environ)
     except SettingsError as exc:
