@@ -68,7 +68,7 @@ from hub.ingest import Ingest
 from hub.monitor import Liveness
 from hub.periodic import LeaderLock, Periodic, lock_ttl
 from hub.rollups import DirtyMinutes, TelemetryMaintenance
-from hub.state import LatestState
+from hub.state import LatestState, Sample
 from hub.writer import TelemetryWriter
 from services import events
 from services.accounts import sync_disabled_markers
@@ -105,6 +105,7 @@ RESOURCES: tuple[Routes, ...] = (
 _POOL_CLOSE_TIMEOUT_S = 5.0
 DISPATCH_REFRESH_S = 5.0
 PARTITION_INTERVAL_S = 3600.0
+WRITER_CONNECTIONS = 2
 
 
 def version() -> str:
@@ -232,8 +233,13 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     """The telemetry path and agent sockets: state, writers, alert rules, dispatch."""
     settings, pool, bus, state = app[SETTINGS], app[PG_POOL], app[BUS], app[STATE]
     state.load(await machine_store.all_states(pool))
+    for sample in await cache.latest_samples(app[REDIS], app[REDIS_KEYS]):
+        state.apply(Sample.from_dict(sample))
     dirty = None if app[TIMESCALEDB] else DirtyMinutes(app[REDIS], app[REDIS_KEYS])
-    writer = TelemetryWriter(pool, batch_rows=settings.ingest_batch_rows,
+    # Its own connections: a burst of other queries must never stall the ingest.
+    writer_pool = await db.create_pool(settings.database_url, min_size=1,
+                                       max_size=WRITER_CONNECTIONS)
+    writer = TelemetryWriter(writer_pool, batch_rows=settings.ingest_batch_rows,
                              flush_s=settings.ingest_flush_s,
                              queue_rows=settings.ingest_queue_rows,
                              on_written=dirty.mark if dirty else None)
@@ -271,6 +277,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     await ingest.drain()
     await sink.close()
     await writer.close(settings.shutdown_grace_s)
+    await writer_pool.close()
 
 
 def _forget(app: web.Application, rules: FrameRules, machine_id: str) -> None:

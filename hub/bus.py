@@ -1,7 +1,8 @@
 """Events and telemetry between hub processes, over Redis pub/sub.
 
 Two channels for the whole deployment (not one per machine): ``events`` (machine_status,
-alert, job_update, job_queued, ...) and ``telemetry`` (batches of latest samples). A
+alert, job_update, job_queued, ...) and ``telemetry`` (batches of latest samples, published
+only while another hub process listens). A
 publisher hands its message to local subscribers at once and queues it for Redis; other
 processes receive it from Redis. Messages carry the origin process id, so a process never
 applies its own message twice. If Redis goes away the hub keeps serving what it has,
@@ -30,6 +31,7 @@ log = logging.getLogger(__name__)
 Handler = Callable[[dict[str, Any]], None]
 TELEMETRY = "telemetry"
 QUEUE_MAX = 10_000
+PEER_CHECK_S = 2.0
 _BACKOFF_MAX_S = 10.0
 
 
@@ -50,6 +52,10 @@ class Bus:
         self._wakeup = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._stopping = False
+        self._listening = False
+        # Other hub processes listening for telemetry; while there are none, telemetry is
+        # not published at all (it would only come back to us).
+        self.peers = 0
         self.dropped = 0
         self.reconnects = 0
         self.received = 0
@@ -66,6 +72,8 @@ class Bus:
 
     def publish_telemetry(self, samples: list[bytes]) -> None:
         """Samples already encoded as JSON (the same bytes written to Redis)."""
+        if not self.peers:
+            return
         self._enqueue(self._telemetry_channel,
                       self._own_prefix + b',"s":[' + b",".join(samples) + b"]}")
 
@@ -85,7 +93,8 @@ class Bus:
 
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._send_loop(), name="bus-send"),
-                       asyncio.create_task(self._listen_loop(), name="bus-listen")]
+                       asyncio.create_task(self._listen_loop(), name="bus-listen"),
+                       asyncio.create_task(self._count_peers(), name="bus-peers")]
 
     async def stop(self) -> None:
         self._stopping = True
@@ -118,12 +127,22 @@ class Bus:
                     self._outbox.popleft()
                 delay = 0.1
 
+    async def _count_peers(self) -> None:
+        while not self._stopping:
+            try:
+                [(_, listeners)] = await self._redis.pubsub_numsub(self._telemetry_channel)
+                self.peers = max(0, listeners - (1 if self._listening else 0))
+            except UNAVAILABLE_ERRORS:
+                pass  # keep the last count; the listener logs the outage
+            await asyncio.sleep(PEER_CHECK_S)
+
     async def _listen_loop(self) -> None:
         delay = 0.1
         while not self._stopping:
             pubsub = self._redis.pubsub(ignore_subscribe_messages=True)
             try:
                 await pubsub.subscribe(self._events_channel, self._telemetry_channel)
+                self._listening = True
                 if delay > 0.1:
                     log.info("redis pub/sub reconnected")
                 delay = 0.1
@@ -137,6 +156,7 @@ class Bus:
                 await asyncio.sleep(delay * (0.5 + random.random() / 2))
                 delay = min(delay * 2, _BACKOFF_MAX_S)
             finally:
+                self._listening = False
                 with suppress(Exception):
                     await pubsub.aclose()
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -22,6 +22,7 @@ log = logging.getLogger(__name__)
 
 
 _HEALTH = ("xid_errors", "ecc_dbe", "remapped_rows_pending")
+WAKE_BATCH_S = 0.05
 
 
 def split_frame(machine_id: str, frame: MetricsFrame, received: float
@@ -57,7 +58,7 @@ def split_frame(machine_id: str, frame: MetricsFrame, received: float
 class Ingest:
     def __init__(self, *, state: LatestState, writer: TelemetryWriter, sink: HeartbeatSink,
                  rules: FrameRules, alerts: AlertService, leading: Callable[[], bool],
-                 came_online: Callable[[str], Any]) -> None:
+                 came_online: Callable[[list[str]], Awaitable[None]]) -> None:
         self._state = state
         self._writer = writer
         self._sink = sink
@@ -77,8 +78,9 @@ class Ingest:
         self.frames += 1
         self.evaluate(sample)
         if self._state.status(machine_id) != "online" and machine_id not in self._waking:
+            if not self._waking:
+                self._spawn(self._wake())
             self._waking.add(machine_id)
-            self._spawn(self._wake(machine_id))
         return sample
 
     def apply_remote(self, data: dict[str, Any]) -> None:
@@ -105,11 +107,20 @@ class Ingest:
             else:
                 await self._alerts.resolve(change.machine_id, change.rule)
 
-    async def _wake(self, machine_id: str) -> None:
-        try:
-            await self._came_online(machine_id)
-        finally:
-            self._waking.discard(machine_id)
+    async def _wake(self) -> None:
+        """Bring machines online in batches: those heard from while the previous batch was
+        being written form the next one."""
+        await asyncio.sleep(WAKE_BATCH_S)
+        while self._waking:
+            batch = list(self._waking)
+            try:
+                await self._came_online(batch)
+            except Exception:
+                # they are heard from again at the next frame and retried then
+                log.warning("machines not brought online", exc_info=True,
+                            extra={"machines": len(batch)})
+            finally:
+                self._waking.difference_update(batch)
 
     def _spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)

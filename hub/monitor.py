@@ -54,9 +54,9 @@ class Liveness:
         # would never be seen as silent above; its last heartbeat in PostgreSQL tells.
         offline += await machine_store.mark_stale_offline(
             self._pool, datetime.fromtimestamp(now - self._timeout_s, UTC))
-        for row in offline:
-            await self._alerts.raise_(
-                row["id"], MACHINE_OFFLINE,
+        if offline:
+            await self._alerts.raise_many(
+                [row["id"] for row in offline], MACHINE_OFFLINE,
                 f"no heartbeat for more than {self._timeout_s:g} s",
                 {"timeout_s": self._timeout_s},
             )
@@ -65,13 +65,16 @@ class Liveness:
             log.warning("machines offline", extra={"machines": [r["id"] for r in offline]})
         return len(offline)
 
-    async def came_online(self, machine_id: str) -> None:
-        """A heartbeat from a machine this process believes offline."""
-        row = await machine_store.mark_online(self._pool, machine_id)
-        if row is None:
-            # Already online (another process won), or unknown: learn its real state.
-            announce_machines(self._events, await machine_store.states(self._pool,
-                                                                       [machine_id]))
-            return
-        await self._alerts.resolve(machine_id, MACHINE_OFFLINE)
-        announce_machines(self._events, [row])
+    async def came_online(self, machine_ids: list[str]) -> None:
+        """Heartbeats from machines this process believed offline (batched: a restart or a
+        network blip brings thousands back at once)."""
+        back = await machine_store.mark_online(self._pool, machine_ids)
+        if back:
+            await self._alerts.resolve_many([row["id"] for row in back], MACHINE_OFFLINE)
+            announce_machines(self._events, back)
+        # The others were online already (another process won) or are unknown here: learn
+        # their real state.
+        returned = {row["id"] for row in back}
+        others = [m for m in machine_ids if m not in returned]
+        if others:
+            announce_machines(self._events, await machine_store.states(self._pool, others))

@@ -127,6 +127,7 @@ class TelemetryWriter:
                 return
             started = time.monotonic()
             async with self._pool.acquire() as conn, conn.transaction():
+                await telemetry.relax_durability(conn)
                 if gpu:
                     await telemetry.copy_gpu_rows(conn, gpu)
                 if machine:

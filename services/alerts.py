@@ -68,21 +68,31 @@ class AlertService:
                      details: dict[str, Any] | None = None, *,
                      severity: str | None = None) -> bool:
         """Open (or refresh) the alert; True if it is new."""
-        row = await alert_store.raise_alert(self._pool, machine_id, rule,
-                                            severity or SEVERITY[rule], message, details or {})
-        if row is None or not row["inserted"]:
-            return False
-        log.warning("alert raised", extra={"machine_id": machine_id, "rule": rule,
-                                           "alert_message": message})
-        self._events.publish(ALERT, alert_event(row))
-        return True
+        return bool(await self.raise_many([machine_id], rule, message, details,
+                                          severity=severity))
+
+    async def raise_many(self, machine_ids: list[str], rule: str, message: str,
+                         details: dict[str, Any] | None = None, *,
+                         severity: str | None = None) -> int:
+        """The same alert for many machines in one statement; returns how many are new."""
+        rows = await alert_store.raise_alerts(self._pool, machine_ids, rule,
+                                              severity or SEVERITY[rule], message, details or {})
+        new = [row for row in rows if row["inserted"]]
+        for row in new:
+            self._events.publish(ALERT, alert_event(row))
+        if new:
+            log.warning("alerts raised", extra={"rule": rule, "alert_message": message,
+                                                 "machines": [r["machine_id"] for r in new]})
+        return len(new)
 
     async def resolve(self, machine_id: str, rule: str) -> bool:
-        row = await alert_store.resolve(self._pool, machine_id, rule)
-        if row is None:
-            return False
-        self._events.publish(ALERT, alert_event(row))
-        return True
+        return bool(await self.resolve_many([machine_id], rule))
+
+    async def resolve_many(self, machine_ids: list[str], rule: str) -> int:
+        rows = await alert_store.resolve(self._pool, machine_ids, rule)
+        for row in rows:
+            self._events.publish(ALERT, alert_event(row))
+        return len(rows)
 
     async def resolve_quiet(self, quiet_s: float) -> int:
         """Resolve event alerts (XID, ECC) not seen again for ``quiet_s``."""

@@ -18,7 +18,7 @@ _FROM = " FROM alerts a LEFT JOIN users u ON u.id = a.acknowledged_by"
 _RAISE = f"""
 WITH upsert AS (
     INSERT INTO alerts AS a (machine_id, tenant_id, rule, severity, message, details)
-    SELECT $1, m.tenant_id, $2, $3, $4, $5 FROM machines m WHERE m.id = $1
+    SELECT m.id, m.tenant_id, $2, $3, $4, $5 FROM machines m WHERE m.id = ANY($1::text[])
     ON CONFLICT (machine_id, rule) WHERE status <> 'resolved'
     DO UPDATE SET last_seen_at = now(), message = EXCLUDED.message,
                   details = EXCLUDED.details, severity = EXCLUDED.severity
@@ -30,7 +30,7 @@ FROM upsert a LEFT JOIN users u ON u.id = a.acknowledged_by
 _RESOLVE = f"""
 WITH resolved AS (
     UPDATE alerts SET status = 'resolved', resolved_at = now()
-    WHERE machine_id = $1 AND rule = $2 AND status <> 'resolved'
+    WHERE machine_id = ANY($1::text[]) AND rule = $2 AND status <> 'resolved'
     RETURNING *
 )
 SELECT {_COLUMNS} FROM resolved a LEFT JOIN users u ON u.id = a.acknowledged_by
@@ -62,14 +62,15 @@ class AlertFilter:
     machine_id: str | None = None
 
 
-async def raise_alert(db: Executor, machine_id: str, rule: str, severity: str, message: str,
-                      details: dict[str, Any]) -> asyncpg.Record | None:
-    """The open alert (``inserted`` true if new); None if the machine does not exist."""
-    return await db.fetchrow(_RAISE, machine_id, rule, severity, message, details)
+async def raise_alerts(db: Executor, machine_ids: list[str], rule: str, severity: str,
+                       message: str, details: dict[str, Any]) -> list[asyncpg.Record]:
+    """The open alert of each existing machine (``inserted`` true if new)."""
+    return await db.fetch(_RAISE, machine_ids, rule, severity, message, details)
 
 
-async def resolve(db: Executor, machine_id: str, rule: str) -> asyncpg.Record | None:
-    return await db.fetchrow(_RESOLVE, machine_id, rule)
+async def resolve(db: Executor, machine_ids: list[str], rule: str) -> list[asyncpg.Record]:
+    """The alerts this resolved."""
+    return await db.fetch(_RESOLVE, machine_ids, rule)
 
 
 async def resolve_quiet(db: Executor, rules: list[str],

@@ -6,6 +6,9 @@ test run) can share one Redis server without seeing each other's data.
 
 from __future__ import annotations
 
+from typing import Any
+
+import orjson
 import redis.asyncio as redis
 from redis import exceptions as redis_errors
 
@@ -83,3 +86,8 @@ async def forget_machine(client: redis.Redis, keys: Keys, machine_id: str) -> No
         pipe.zrem(keys.last_seen(), machine_id)
         pipe.hdel(keys.latest(), machine_id)
         await pipe.execute()
+
+
+async def latest_samples(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
+    """Every machine's latest sample, as the hub processes wrote them."""
+    return [orjson.loads(raw) for raw in (await client.hgetall(keys.latest())).values()]

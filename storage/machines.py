@@ -266,7 +266,7 @@ _IDENTITY = "SELECT id, gpu_count FROM machines WHERE agent_token_hash = $1"
 _ALL_STATES = "SELECT id, status, allocation_status, tenant_id FROM machines"
 _MARK_ONLINE = """
 UPDATE machines SET status = 'online', last_heartbeat_at = now()
-WHERE id = $1 AND status = 'offline'
+WHERE id = ANY($1::text[]) AND status = 'offline'
 RETURNING id, status, allocation_status, tenant_id
 """
 _MARK_OFFLINE = """
@@ -303,9 +303,10 @@ async def all_states(db: Executor) -> list[asyncpg.Record]:
     return await db.fetch(_ALL_STATES)
 
 
-async def mark_online(db: Executor, machine_id: str) -> asyncpg.Record | None:
-    """offline -> online; None if it was online already (another process won)."""
-    return await db.fetchrow(_MARK_ONLINE, machine_id)
+async def mark_online(db: Executor, ids: list[str]) -> list[asyncpg.Record]:
+    """offline -> online; returns the machines that changed (not those another process
+    brought online first)."""
+    return await db.fetch(_MARK_ONLINE, ids)
 
 
 async def mark_offline(db: Executor, ids: list[str]) -> list[asyncpg.Record]:

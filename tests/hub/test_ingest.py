@@ -7,7 +7,7 @@ import time
 
 import pytest
 
-from api.keys import INGEST, METRICS, REDIS, REDIS_KEYS, STATE
+from api.keys import BUS, INGEST, METRICS, REDIS, REDIS_KEYS, STATE
 from tests.helpers import Api, call
 
 HEARTBEAT = "/api/v1/agent/heartbeat"
@@ -103,6 +103,11 @@ async def test_a_frame_on_one_process_reaches_the_latest_state_of_another(
     second = await aiohttp_client(make_app(redis_flush_s=0.02))
     admin = await Api.login(first, await accounts.user("root-admin"))
     token = (await admin.machine("m1", gpu_count=2))["agent_token"]
+
+    async def first_knows_a_peer_listens():
+        return first.app[BUS].peers == 1
+
+    await _wait_for(first_knows_a_peer_listens)
     await call(first, "POST", HEARTBEAT, token=token, json=frame(util=42.0))
 
     async def seen_by_second():
@@ -144,3 +149,21 @@ async def test_gpu_util_is_the_mean_and_gpu_mem_the_sum(client, admin, db, gpus)
         assert (sample.gpu_util, sample.gpu_mem) == (None, 0)
     await client.app[INGEST].flush()
     assert await client.app[REDIS].hexists(client.app[REDIS_KEYS].latest(), "m1")
+
+
+async def test_a_process_alone_does_not_publish_telemetry(client, admin):
+    token = (await admin.machine("m1", gpu_count=2))["agent_token"]
+    await call(client, "POST", HEARTBEAT, token=token, json=frame())
+    await client.app[INGEST].flush()
+    assert client.app[BUS].peers == 0
+
+
+async def test_a_new_process_starts_with_the_latest_samples_from_redis(
+        make_app, aiohttp_client, accounts):
+    first = await aiohttp_client(make_app(redis_flush_s=0.02))
+    admin = await Api.login(first, await accounts.user("root-admin"))
+    token = (await admin.machine("m1", gpu_count=2))["agent_token"]
+    await call(first, "POST", HEARTBEAT, token=token, json=frame(util=64.0))
+    await first.app[INGEST].flush()
+    second = await aiohttp_client(make_app())
+    assert second.app[STATE].gpu_util("m1") == 64.0
