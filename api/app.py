@@ -238,7 +238,7 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     dirty = None if app[TIMESCALEDB] else DirtyMinutes(app[REDIS], app[REDIS_KEYS])
     # Its own connections: a burst of other queries must never stall the ingest.
     writer_pool = await db.create_pool(settings.database_url, min_size=1,
-                                       max_size=WRITER_CONNECTIONS)
+                                       max_size=WRITER_CONNECTIONS, relaxed_durability=True)
     writer = TelemetryWriter(writer_pool, batch_rows=settings.ingest_batch_rows,
                              flush_s=settings.ingest_flush_s,
                              queue_rows=settings.ingest_queue_rows,

@@ -95,7 +95,8 @@ class Ingest:
         # brings it the frames other processes received.
         if not self._leading():
             return
-        changes = self._rules.observe(sample.machine_id, sample.as_dict())
+        changes = self._rules.observe(sample.machine_id, sample.gpus, sample.disk_used,
+                                      sample.disk_total)
         if changes:
             self._spawn(self._apply(changes))
 

@@ -9,12 +9,15 @@ no database write except a periodic refresh of ``last_seen_at``.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from services.alerts import DISK_FULL, GPU_ECC, GPU_OVERHEAT, GPU_REMAPPED_ROWS, GPU_XID
 
 REFRESH_S = 60.0
+# index, util, mem_used, mem_total, temp, power: a GPU dict with more carries health fields
+_BASE_FIELDS = 6
 
 
 @dataclass(frozen=True)
@@ -64,35 +67,48 @@ class FrameRules:
     def forget(self, machine_id: str) -> None:
         self._machines.pop(machine_id, None)
 
-    def observe(self, machine_id: str, sample: dict[str, Any]) -> list[Change]:
-        state = self._machines.setdefault(machine_id, _Machine())
+    def observe(self, machine_id: str, gpus: list[dict[str, Any]], disk_used: float,
+                disk_total: float) -> list[Change]:
+        """The alert changes one frame calls for (usually none). The common case, nothing
+        wrong and nothing open, touches no dict beyond the machine's own."""
+        state = self._machines.get(machine_id)
+        if state is None:
+            state = self._machines[machine_id] = _Machine()
         changes: list[Change] = []
-        self._overheat(machine_id, state, sample["gpus"], changes)
-        self._health(machine_id, state, sample["gpus"], changes)
-        disk_pct = sample["disk_used"] / sample["disk_total"] * 100
-        self._state(changes, machine_id, DISK_FULL, disk_pct > self._disk_pct,
-                    f"disk {disk_pct:.1f}% full (threshold {self._disk_pct:g}%)",
-                    {"disk_used": sample["disk_used"], "disk_total": sample["disk_total"]})
+        self._overheat(machine_id, state, gpus, changes)
+        if any(len(gpu) > _BASE_FIELDS for gpu in gpus):  # health fields present
+            self._health(machine_id, state, gpus, changes)
+        disk_pct = disk_used / disk_total * 100
+        full = disk_pct > self._disk_pct
+        if full or (machine_id, DISK_FULL) in self._open:
+            self._state(changes, machine_id, DISK_FULL, full,
+                        lambda: (f"disk {disk_pct:.1f}% full (threshold {self._disk_pct:g}%)",
+                                 {"disk_used": disk_used, "disk_total": disk_total}))
         return changes
 
     def _overheat(self, machine_id: str, state: _Machine, gpus: list[dict[str, Any]],
                   changes: list[Change]) -> None:
-        hot = []
+        streak = state.hot_streak
+        limit = self._temp_c
+        if not streak and (machine_id, GPU_OVERHEAT) not in self._open and all(
+                gpu["temp"] <= limit for gpu in gpus):
+            return  # the usual case: all cool, nothing open
         for gpu in gpus:
-            if gpu["temp"] > self._temp_c:
-                state.hot_streak[gpu["index"]] = state.hot_streak.get(gpu["index"], 0) + 1
-                if state.hot_streak[gpu["index"]] >= self._temp_samples:
-                    hot.append(gpu)
-            else:
-                state.hot_streak.pop(gpu["index"], None)
+            if gpu["temp"] > limit:
+                streak[gpu["index"]] = streak.get(gpu["index"], 0) + 1
+            elif streak:
+                streak.pop(gpu["index"], None)
+        if not streak:
+            if (machine_id, GPU_OVERHEAT) in self._open:
+                self._state(changes, machine_id, GPU_OVERHEAT, False)
+            return
+        hot = [g for g in gpus if streak.get(g["index"], 0) >= self._temp_samples]
         if hot:
             worst = max(hot, key=lambda g: g["temp"])
-            self._state(changes, machine_id, GPU_OVERHEAT, True,
-                        f"GPU {worst['index']} at {worst['temp']:.0f} C for "
-                        f"{self._temp_samples}+ samples (threshold {self._temp_c:g} C)",
-                        {"gpus": {str(g["index"]): g["temp"] for g in hot}})
-        elif not state.hot_streak:
-            self._state(changes, machine_id, GPU_OVERHEAT, False)
+            self._state(changes, machine_id, GPU_OVERHEAT, True, lambda: (
+                f"GPU {worst['index']} at {worst['temp']:.0f} C for {self._temp_samples}+ "
+                f"samples (threshold {self._temp_c:g} C)",
+                {"gpus": {str(g["index"]): g["temp"] for g in hot}}))
 
     def _health(self, machine_id: str, state: _Machine, gpus: list[dict[str, Any]],
                 changes: list[Change]) -> None:
@@ -118,21 +134,22 @@ class FrameRules:
         reported = [g for g in gpus if g.get("remapped_rows_pending") is not None]
         if reported:
             pending = [g["index"] for g in reported if g["remapped_rows_pending"]]
-            self._state(changes, machine_id, GPU_REMAPPED_ROWS, bool(pending),
-                        f"row remapping pending on GPU {', '.join(map(str, pending))}: "
-                        "reset the GPU", {"gpus": pending})
+            self._state(changes, machine_id, GPU_REMAPPED_ROWS, bool(pending), lambda: (
+                f"row remapping pending on GPU {', '.join(map(str, pending))}: reset the GPU",
+                {"gpus": pending}))
 
     def _state(self, changes: list[Change], machine_id: str, rule: str, active: bool,
-               message: str = "", details: dict[str, Any] | None = None) -> None:
+               describe: Callable[[], tuple[str, dict[str, Any]]] | None = None) -> None:
         """A rule whose condition holds or not: raise on the way in (and refresh now and
-        then), resolve on the way out."""
+        then), resolve on the way out. ``describe`` builds the message only when needed."""
         key = (machine_id, rule)
         now = time.monotonic()
         if active:
             last = self._open.get(key)
             if last is None or now - last >= REFRESH_S:
                 self._open[key] = now
-                changes.append(Change(True, machine_id, rule, message, details or {}))
+                message, details = describe() if describe else ("", {})
+                changes.append(Change(True, machine_id, rule, message, details))
         elif key in self._open:
             del self._open[key]
             changes.append(Change(False, machine_id, rule))

@@ -168,7 +168,7 @@ SPECS: tuple[Spec, ...] = (
     Spec("ingest_queue_rows", "REMOTEGPU_INGEST_QUEUE_ROWS", "1000000", _positive_int,
          "telemetry rows held in memory while PostgreSQL is slow or down (beyond: dropped "
          "and counted)"),
-    Spec("redis_flush_s", "REMOTEGPU_REDIS_FLUSH_S", "0.1", _positive_float,
+    Spec("redis_flush_s", "REMOTEGPU_REDIS_FLUSH_S", "0.25", _positive_float,
          "longest time a frame's heartbeat and latest sample wait before the Redis pipeline "
          "writes them, seconds"),
     Spec("rollup_interval_s", "REMOTEGPU_ROLLUP_INTERVAL_S", "30", _positive_float,

@@ -34,14 +34,24 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                               schema="pg_catalog", format="binary")
 
 
-async def create_pool(dsn: str, *, min_size: int, max_size: int) -> asyncpg.Pool:
+async def create_pool(dsn: str, *, min_size: int, max_size: int,
+                      relaxed_durability: bool = False) -> asyncpg.Pool:
+    """``relaxed_durability``: commits do not wait for the WAL flush. Only for telemetry:
+    a PostgreSQL crash may lose the last moments of samples (never part of a COPY), and
+    every batch stops paying an fsync, which on ordinary disks is most of its cost."""
+    settings = {
+        # Month arithmetic on timestamptz follows the session time zone.
+        "timezone": "UTC",
+        "application_name": "remotegpu-hub",
+    }
+    if relaxed_durability:
+        settings["synchronous_commit"] = "off"
     return await asyncpg.create_pool(
         dsn,
         min_size=min_size,
         max_size=max_size,
         init=_init_connection,
-        # Month arithmetic on timestamptz follows the session time zone.
-        server_settings={"timezone": "UTC", "application_name": "remotegpu-hub"},
+        server_settings=settings,
         command_timeout=30,
     )
 

@@ -74,16 +74,6 @@ _DELETE_1M_BEFORE = "DELETE FROM gpu_metrics_1m WHERE bucket < $1"
 _DELETE_1H_BEFORE = "DELETE FROM gpu_metrics_1h WHERE bucket < $1"
 
 
-async def relax_durability(conn: asyncpg.Connection) -> None:
-    """For the rest of this transaction: commit without waiting for the WAL flush.
-
-    Telemetry is the one place where that trade is right: a PostgreSQL crash may lose the
-    last moments of samples (never part of a batch, never any other data), and every batch
-    stops paying an fsync, which on ordinary disks is most of its cost.
-    """
-    await conn.execute("SET LOCAL synchronous_commit TO off")
-
-
 async def copy_gpu_rows(conn: asyncpg.Connection, rows: list[tuple]) -> None:
     await conn.copy_records_to_table("gpu_metrics", records=rows, columns=GPU_COLUMNS)
 
