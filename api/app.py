@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from functools import partial
 from importlib import metadata
 
 import aiohttp_jinja2
@@ -21,6 +22,7 @@ from api import (
     customer,
     customers,
     dashboard,
+    dashboard_socket,
     docs,
     jobs,
     machines,
@@ -37,7 +39,9 @@ from api.keys import (
     BUS,
     CUSTOMERS,
     DASHBOARD,
+    DASHBOARD_SOCKETS,
     DISPATCHER,
+    FANOUT,
     IMPORTS,
     INGEST,
     JOBS,
@@ -53,6 +57,7 @@ from api.keys import (
     TELEMETRY,
     TENANT_MACHINES,
     TIMESCALEDB,
+    TOPICS,
 )
 from api.metrics import HttpMetrics
 from api.middlewares import audit as audit_middleware
@@ -62,13 +67,16 @@ from api.routing import Routes, check_all_declared
 from hub.agent_ws import CLOSE_UNAUTHENTICATED, AgentSockets
 from hub.bus import TELEMETRY as TELEMETRY_CHANNEL
 from hub.bus import Bus
+from hub.dashboards import DashboardSockets
 from hub.dispatcher import Dispatcher
+from hub.fanout import Fanout
 from hub.heartbeats import HeartbeatSink
 from hub.ingest import Ingest
 from hub.monitor import Liveness
 from hub.periodic import LeaderLock, Periodic, lock_ttl
 from hub.rollups import DirtyMinutes, TelemetryMaintenance
 from hub.state import LatestState, Sample
+from hub.topics import Topics
 from hub.writer import TelemetryWriter
 from services import events
 from services.accounts import sync_disabled_markers
@@ -100,7 +108,7 @@ log = logging.getLogger(__name__)
 RESOURCES: tuple[Routes, ...] = (
     auth.routes, machines.routes, allocations.routes, customers.routes, dashboard.routes,
     monitoring.routes, alerts.routes, customer.routes, jobs.routes, agent.routes,
-    audit.routes, ops.routes, docs.routes,
+    audit.routes, ops.routes, docs.routes, dashboard_socket.routes,
 )
 _POOL_CLOSE_TIMEOUT_S = 5.0
 DISPATCH_REFRESH_S = 5.0
@@ -126,7 +134,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = HttpMetrics()
     app.cleanup_ctx.extend([_postgres, _redis, _bus, _services, _audit_trail, _realtime,
-                            _periodic_jobs])
+                            _dashboards, _periodic_jobs])
+    app.on_shutdown.append(_close_dashboards)
     endpoints = []
     for resource in RESOURCES:
         app.add_routes(resource.table)
@@ -194,13 +203,15 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
         refresh_ttl_s=settings.refresh_token_ttl_s,
         login_max_failures=settings.login_max_failures,
         login_window_s=settings.login_window_s,
+        events=bus,
     )
     app[ALERTS] = AlertService(pool, bus)
     app[MACHINES] = MachineService(pool, bus)
     app[IMPORTS] = ImportService(app[MACHINES], pool)
     app[ALLOCATIONS] = AllocationService(pool, app[ALERTS], bus)
     app[JOBS] = JobService(pool, app[ALLOCATIONS], app[ALERTS], bus, settings.job_timeout_s)
-    app[CUSTOMERS] = CustomerService(pool, hasher, revocations, settings.access_token_ttl_s)
+    app[CUSTOMERS] = CustomerService(pool, hasher, revocations, settings.access_token_ttl_s,
+                                     bus)
     app[DASHBOARD] = DashboardService(pool, app[STATE].avg_gpu_util)
     app[TENANT_MACHINES] = TenantMachineService(pool, bus)
     app[AGENT_AUTH] = AgentAuth(pool)
@@ -261,7 +272,6 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     app[INGEST], app[DISPATCHER], app[AGENT_SOCKETS] = ingest, dispatcher, sockets
     app[PERIODIC] = {"liveness": monitor}
 
-    bus.subscribe(events.MACHINE_STATUS, state.apply_status)
     bus.subscribe(events.MACHINE_DELETED, lambda data: _forget(app, rules, data["machine_id"]))
     bus.subscribe(events.JOB_QUEUED, dispatcher.on_job_queued)
     bus.subscribe(events.AGENT_TOKEN_ROTATED, lambda data: _token_rotated(app, data))
@@ -278,6 +288,61 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     await sink.close()
     await writer.close(settings.shutdown_grace_s)
     await writer_pool.close()
+
+
+async def _dashboards(app: web.Application) -> AsyncIterator[None]:
+    """Live dashboards: topics built from the latest state, written through the fan-out."""
+    settings, bus, metrics = app[SETTINGS], app[BUS], app[METRICS]
+    fanout = Fanout(high_water_bytes=settings.ws_high_water_bytes,
+                    slow_close_s=settings.ws_slow_close_s, event_queue=settings.ws_event_queue)
+    ticks = metrics.histogram("remotegpu_ws_tick_seconds", "time to build and write one "
+                              "dashboard tick", ["kind"])
+    lag: dict[str, float] = {}
+
+    def observe(kind: str, took_s: float, late_s: float) -> None:
+        ticks.labels(kind).observe(took_s)
+        lag[kind] = late_s
+
+    topics = Topics(app[STATE], fanout, snapshot_interval_s=settings.snapshot_interval_s,
+                    update_interval_s=settings.tenant_update_interval_s, observe=observe)
+    sockets = DashboardSockets(
+        auth=app[AUTH], fanout=fanout, topics=topics,
+        max_connections=settings.ws_max_connections,
+        max_per_user=settings.ws_max_connections_per_user,
+        allowed_origins=settings.ws_allowed_origins, auth_timeout_s=settings.ws_auth_timeout_s,
+        ping_interval_s=settings.ws_ping_interval_s,
+        max_message_bytes=settings.ws_max_message_bytes)
+    app[FANOUT], app[TOPICS], app[DASHBOARD_SOCKETS] = fanout, topics, sockets
+    # machine_status also moves the machine in the latest state, before dashboards hear it.
+    bus.subscribe(events.MACHINE_STATUS, topics.on_machine_status)
+    bus.subscribe(events.ALERT, partial(topics.on_event, events.ALERT))
+    bus.subscribe(events.JOB_UPDATE, partial(topics.on_event, events.JOB_UPDATE))
+    bus.subscribe(events.ACCESS_REVOKED, sockets.on_access_revoked)
+    metrics.gauges("remotegpu_ws_connections", "dashboard sockets subscribed, by role",
+                   "role", sockets.by_role)
+    metrics.gauge("remotegpu_ws_sockets", "dashboard sockets open (authenticated or not)",
+                  lambda: sockets.count)
+    metrics.counter("remotegpu_ws_frames_sent", "frames written to dashboards",
+                    lambda: fanout.sent)
+    metrics.counter("remotegpu_ws_frames_skipped", "snapshots and updates a dashboard "
+                    "missed because its buffer was above the high-water mark",
+                    lambda: fanout.skipped)
+    metrics.counter("remotegpu_ws_slow_closes", "dashboards closed with 4008",
+                    lambda: fanout.slow_closes)
+    metrics.counter("remotegpu_ws_refused", "dashboard sockets refused (origin, limits)",
+                    lambda: sockets.refused)
+    metrics.counter("remotegpu_ws_bad_messages", "dashboard messages answered with an error",
+                    lambda: sockets.bad_messages)
+    metrics.gauges("remotegpu_ws_fanout_lag_seconds", "from a tick's scheduled time to the "
+                   "last write of it, last tick", "kind", lambda: lag)
+    topics.start()
+    yield
+    await topics.stop()
+
+
+async def _close_dashboards(app: web.Application) -> None:
+    """SIGTERM: the site has stopped accepting; every dashboard is closed with 1001."""
+    await app[DASHBOARD_SOCKETS].close_all(app[SETTINGS].shutdown_grace_s)
 
 
 def _forget(app: web.Application, rules: FrameRules, machine_id: str) -> None:

@@ -9,10 +9,13 @@ from aiohttp import web
 from api.metrics import HttpMetrics
 from hub.agent_ws import AgentSockets
 from hub.bus import Bus
+from hub.dashboards import DashboardSockets
 from hub.dispatcher import Dispatcher
+from hub.fanout import Fanout
 from hub.ingest import Ingest
 from hub.periodic import Periodic
 from hub.state import LatestState
+from hub.topics import Topics
 from services.agents import AgentAuth, AgentIdentity
 from services.alerts import AlertService
 from services.allocations import AllocationService
@@ -51,6 +54,9 @@ AGENT_AUTH = web.AppKey("agent_auth", AgentAuth)
 INGEST = web.AppKey("ingest", Ingest)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 AGENT_SOCKETS = web.AppKey("agent_sockets", AgentSockets)
+DASHBOARD_SOCKETS = web.AppKey("dashboard_sockets", DashboardSockets)
+FANOUT = web.AppKey("fanout", Fanout)
+TOPICS = web.AppKey("topics", Topics)
 METRICS = web.AppKey("metrics", HttpMetrics)
 OPENAPI = web.AppKey("openapi", dict)
 

@@ -17,10 +17,16 @@ class _Readings(Collector):
 
     def __init__(self) -> None:
         self.readings: list[tuple[type[Metric], str, str, Callable[[], float]]] = []
+        self.labelled: list[tuple[str, str, str, Callable[[], dict[str, float]]]] = []
 
     def collect(self) -> Iterator[Metric]:
         for family, name, documentation, read in self.readings:
             yield family(name, documentation, value=read())
+        for name, documentation, label, read_all in self.labelled:
+            gauge = GaugeMetricFamily(name, documentation, labels=[label])
+            for value, reading in sorted(read_all().items()):
+                gauge.add_metric([value], reading)
+            yield gauge
 
 
 class HttpMetrics:
@@ -46,6 +52,15 @@ class HttpMetrics:
 
     def counter(self, name: str, documentation: str, read: Callable[[], float]) -> None:
         self._readings.readings.append((CounterMetricFamily, name, documentation, read))
+
+    def gauges(self, name: str, documentation: str, label: str,
+               read: Callable[[], dict[str, float]]) -> None:
+        """One gauge per value of ``label``, as ``read`` gives them at scrape time."""
+        self._readings.labelled.append((name, documentation, label, read))
+
+    def histogram(self, name: str, documentation: str, labels: list[str],
+                  buckets: tuple[float, ...] = _LATENCY_BUCKETS) -> Histogram:
+        return Histogram(name, documentation, labels, buckets=buckets, registry=self.registry)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

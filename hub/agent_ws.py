@@ -12,7 +12,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections import deque
 from typing import Any
 
 import orjson
@@ -21,6 +20,7 @@ from pydantic import ValidationError
 
 from hub.dispatcher import Dispatcher
 from hub.ingest import Ingest
+from hub.protocol import CLOSE_ABUSE, Strikes, error_message
 from services.agents import AgentAuth, AgentIdentity
 from services.errors import ServiceError
 from services.frames import Hello, WsJobUpdate, WsMetrics, check_frame
@@ -30,18 +30,8 @@ from services.jobs import JobService
 log = logging.getLogger(__name__)
 
 MAX_MESSAGE_BYTES = 256 * 1024
-FLOOD_LIMIT = 20
-FLOOD_WINDOW_S = 60.0
 CLOSE_REPLACED = 4000
 CLOSE_UNAUTHENTICATED = 4001
-CLOSE_ABUSE = 4010
-
-
-def _error(code: str, message: str, errors: list[dict[str, Any]] | None = None) -> str:
-    data: dict[str, Any] = {"code": code, "message": message}
-    if errors:
-        data["errors"] = errors
-    return orjson.dumps({"type": "error", "data": data}).decode()
 
 
 def _pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -79,7 +69,7 @@ class AgentSockets:
             await ws.send_str(orjson.dumps(message).decode())
 
         self._dispatcher.connected(machine_id, push)
-        strikes: deque[float] = deque()
+        strikes = Strikes()
         try:
             async for message in ws:
                 if message.type != WSMsgType.TEXT:
@@ -88,7 +78,8 @@ class AgentSockets:
                 if reply is None:
                     continue
                 await ws.send_str(reply)
-                if self._strike(strikes):
+                self.bad_messages += 1
+                if strikes.add():
                     await ws.close(code=CLOSE_ABUSE, message=b"too many bad messages")
                     break
         finally:
@@ -97,20 +88,12 @@ class AgentSockets:
                 del self._open[machine_id]
         return ws
 
-    def _strike(self, strikes: deque[float]) -> bool:
-        self.bad_messages += 1
-        now = time.monotonic()
-        strikes.append(now)
-        while strikes and strikes[0] < now - FLOOD_WINDOW_S:
-            strikes.popleft()
-        return len(strikes) >= FLOOD_LIMIT
-
     async def _handle(self, agent: AgentIdentity, text: str) -> str | None:
         """None when the message was fine, else the error reply."""
         try:
             data = orjson.loads(text)
         except orjson.JSONDecodeError:
-            return _error("invalid_json", "message is not JSON")
+            return error_message("invalid_json", "message is not JSON")
         kind = data.get("type") if isinstance(data, dict) else None
         try:
             if kind == "metrics":
@@ -126,18 +109,20 @@ class AgentSockets:
             elif kind == "hello":
                 hello = Hello.model_validate(data)
                 if hello.machine_id != agent.machine_id:
-                    return _error("wrong_machine", "this token speaks for "
+                    return error_message("wrong_machine", "this token speaks for "
                                   f"{agent.machine_id}, not {hello.machine_id}")
                 await self._auth.refine_gpus(agent.machine_id, [
                     (g.index, g.uuid, g.model, g.memory_total) for g in hello.gpus
                     if g.index < agent.gpu_count])
             else:
-                return _error("unknown_type", "type must be hello, metrics or job_update")
+                return error_message("unknown_type",
+                                     "type must be hello, metrics or job_update")
         except ValidationError as exc:
-            return _error(f"invalid_{kind}", f"invalid {kind} message", _pydantic_errors(exc))
+            return error_message(f"invalid_{kind}", f"invalid {kind} message",
+                                 _pydantic_errors(exc))
         except ServiceError as exc:
             errors = (exc.data or {}).get("errors") if isinstance(exc.data, dict) else None
-            return _error(f"invalid_{kind}" if exc.code < 40100 else "rejected", exc.message,
+            return error_message(f"invalid_{kind}" if exc.code < 40100 else "rejected", exc.message,
                           errors)
         return None
 

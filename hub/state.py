@@ -47,28 +47,56 @@ class LatestState:
     def __init__(self) -> None:
         self.samples: dict[str, Sample] = {}
         self.machines: dict[str, MachineInfo] = {}
+        self.by_tenant: dict[int, set[str]] = {}
+        # Machines with a new sample since the dashboards last took this set.
+        self.changed: set[str] = set()
 
     def load(self, rows: list[Any]) -> None:
         """Machines as the database knows them (at start-up)."""
-        self.machines = {
-            row["id"]: MachineInfo(row["status"], row["allocation_status"], row["tenant_id"])
-            for row in rows
-        }
+        self.machines = {}
+        self.by_tenant = {}
+        for row in rows:
+            self.machines[row["id"]] = MachineInfo(row["status"], row["allocation_status"],
+                                                   None)
+            self._lease(row["id"], row["tenant_id"])
 
     def apply(self, sample: Sample) -> None:
         known = self.samples.get(sample.machine_id)
         if known is None or sample.ts >= known.ts:
             self.samples[sample.machine_id] = sample
+            self.changed.add(sample.machine_id)
 
-    def apply_status(self, data: dict[str, Any]) -> None:
+    def apply_status(self, data: dict[str, Any]) -> int | None:
+        """Apply a machine_status event; the tenant the machine belonged to before."""
         info = self.machines.setdefault(data["machine_id"], MachineInfo())
+        previous = info.tenant_id
         info.status = data.get("status") or info.status
         info.allocation_status = data.get("allocation_status") or info.allocation_status
-        info.tenant_id = data.get("tenant_id")
+        self._lease(data["machine_id"], data.get("tenant_id"))
+        return previous
+
+    def _lease(self, machine_id: str, tenant_id: int | None) -> None:
+        info = self.machines[machine_id]
+        if info.tenant_id is not None and info.tenant_id != tenant_id:
+            held = self.by_tenant.get(info.tenant_id)
+            if held is not None:
+                held.discard(machine_id)
+                if not held:
+                    del self.by_tenant[info.tenant_id]
+        info.tenant_id = tenant_id
+        if tenant_id is not None:
+            self.by_tenant.setdefault(tenant_id, set()).add(machine_id)
 
     def remove(self, machine_id: str) -> None:
+        if machine_id in self.machines:
+            self._lease(machine_id, None)
         self.samples.pop(machine_id, None)
         self.machines.pop(machine_id, None)
+        self.changed.discard(machine_id)
+
+    def tenant_of(self, machine_id: str) -> int | None:
+        info = self.machines.get(machine_id)
+        return info.tenant_id if info is not None else None
 
     def status(self, machine_id: str) -> str | None:
         info = self.machines.get(machine_id)

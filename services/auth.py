@@ -10,6 +10,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.errors import ErrorCode, RateLimited, ServiceError, Unauthenticated
+from services.events import ACCESS_REVOKED, EventSink
 from services.passwords import PasswordHasher
 from services.tokens import AccessTokens, new_opaque_token, token_hash
 from storage import sessions, users
@@ -58,8 +59,10 @@ class AuthService:
         refresh_ttl_s: int,
         login_max_failures: int,
         login_window_s: int,
+        events: EventSink,
     ) -> None:
         self._pool = pool
+        self._events = events
         self._revocations = revocations
         self._failures = failures
         self._keys = keys
@@ -123,6 +126,7 @@ class AuthService:
             log.warning("refresh token reused; session revoked", extra={"sid": str(reused_sid)})
             await self._revocations.revoke(jti=None, sids=[str(reused_sid)],
                                            ttl_s=self._access.ttl_s)
+            self._events.publish(ACCESS_REVOKED, {"sids": [str(reused_sid)]})
             raise outcome
         return self._pair(user, row.session_id, new_token)
 
@@ -137,6 +141,7 @@ class AuthService:
             await sessions.revoke_session_of_user(self._pool, uuid.UUID(sid), principal.user_id,
                                                   "logout")
         await self._revocations.revoke(jti=principal.jti, sids=sids, ttl_s=self._access.ttl_s)
+        self._events.publish(ACCESS_REVOKED, {"sids": sorted(sids)})
 
     async def authenticate(self, token: str) -> Principal:
         claims = self._access.decode(token)

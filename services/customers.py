@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncpg
 
 from services.errors import Duplicate, NotFound
+from services.events import ACCESS_REVOKED, EventSink
 from services.passwords import PasswordHasher
 from storage import sessions, tenants, users
 from storage.errors import DuplicateError
@@ -13,8 +14,9 @@ from storage.revocations import Revocations
 
 class CustomerService:
     def __init__(self, pool: asyncpg.Pool, hasher: PasswordHasher, revocations: Revocations,
-                 access_ttl_s: int) -> None:
+                 access_ttl_s: int, events: EventSink) -> None:
         self._pool = pool
+        self._events = events
         self._hasher = hasher
         self._revocations = revocations
         self._access_ttl_s = access_ttl_s
@@ -65,3 +67,5 @@ class CustomerService:
         # sessions keep old access tokens dead once the tenant is enabled again.
         await self._revocations.revoke(jti=None, sids=live, ttl_s=self._access_ttl_s)
         await self._revocations.set_tenant_disabled(tenant_id, not enabled)
+        if not enabled:
+            self._events.publish(ACCESS_REVOKED, {"tenant_id": tenant_id})

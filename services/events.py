@@ -16,6 +16,9 @@ JOB_UPDATE = "job_update"
 JOB_QUEUED = "job_queued"
 AGENT_TOKEN_ROTATED = "agent_token_rotated"
 MACHINE_DELETED = "machine_deleted"
+# Access tokens that must stop working at once, dashboards included: {"sids": [...]} for
+# ended login sessions, {"tenant_id": N} for every user of a disabled tenant.
+ACCESS_REVOKED = "access_revoked"
 
 
 class EventSink(Protocol):

@@ -87,6 +87,14 @@ def _redis_url(raw: str) -> str:
     return raw
 
 
+def _origins(raw: str) -> tuple[str, ...]:
+    parts = tuple(p.strip().rstrip("/").lower() for p in raw.split(",") if p.strip())
+    for part in parts:
+        if part != "*" and not part.startswith(("http://", "https://")):
+            raise ValueError(f"{part!r}: expected * or origins like https://console.example.com")
+    return parts
+
+
 def _text(raw: str) -> str:
     return raw
 
@@ -175,6 +183,31 @@ SPECS: tuple[Spec, ...] = (
          "plain PostgreSQL: how often the 1 m and 1 h rollups catch up, seconds"),
     Spec("retention_days", "REMOTEGPU_RETENTION_DAYS", "30", _positive_int,
          "raw telemetry kept, days"),
+    Spec("snapshot_interval_s", "REMOTEGPU_SNAPSHOT_INTERVAL_S", "5", _positive_float,
+         "global monitoring snapshot interval, seconds"),
+    Spec("tenant_update_interval_s", "REMOTEGPU_TENANT_UPDATE_INTERVAL_S", "1",
+         _positive_float, "tenant topic tick: at most one update per machine per tick, "
+         "seconds"),
+    Spec("ws_max_connections", "REMOTEGPU_WS_MAX_CONNECTIONS", "20000", _positive_int,
+         "dashboard sockets per process (beyond: closed with 4009)"),
+    Spec("ws_max_connections_per_user", "REMOTEGPU_WS_MAX_CONNECTIONS_PER_USER", "20",
+         _positive_int, "dashboard sockets per user and process (beyond: closed with 4009)"),
+    Spec("ws_high_water_bytes", "REMOTEGPU_WS_HIGH_WATER_BYTES", "262144", _positive_int,
+         "socket buffer above which a dashboard skips snapshots and updates, bytes"),
+    Spec("ws_slow_close_s", "REMOTEGPU_WS_SLOW_CLOSE_S", "10", _positive_float,
+         "time a dashboard may stay above the high-water mark before it is closed with "
+         "4008, seconds"),
+    Spec("ws_event_queue", "REMOTEGPU_WS_EVENT_QUEUE", "100", _positive_int,
+         "events held for a dashboard above the high-water mark (beyond: closed with 4008)"),
+    Spec("ws_allowed_origins", "REMOTEGPU_WS_ALLOWED_ORIGINS", "", _origins,
+         "comma-separated browser origins allowed on /ws/connect besides the hub's own; * "
+         "allows any (clients without an Origin header are always allowed)"),
+    Spec("ws_auth_timeout_s", "REMOTEGPU_WS_AUTH_TIMEOUT_S", "5", _positive_float,
+         "time a dashboard has to send its auth message when the URL has no token, seconds"),
+    Spec("ws_ping_interval_s", "REMOTEGPU_WS_PING_INTERVAL_S", "30", _positive_float,
+         "WebSocket ping interval; a peer that misses the pong is dropped, seconds"),
+    Spec("ws_max_message_bytes", "REMOTEGPU_WS_MAX_MESSAGE_BYTES", "16384", _positive_int,
+         "largest message a dashboard may send (larger: closed with 1009), bytes"),
     Spec("argon2_time_cost", "REMOTEGPU_ARGON2_TIME_COST", "3", _positive_int,
          "argon2id passes"),
     Spec("argon2_memory_kib", "REMOTEGPU_ARGON2_MEMORY_KIB", "65536", _positive_int,
@@ -217,6 +250,17 @@ class Settings:
     redis_flush_s: float
     rollup_interval_s: float
     retention_days: int
+    snapshot_interval_s: float
+    tenant_update_interval_s: float
+    ws_max_connections: int
+    ws_max_connections_per_user: int
+    ws_high_water_bytes: int
+    ws_slow_close_s: float
+    ws_event_queue: int
+    ws_allowed_origins: tuple[str, ...]
+    ws_auth_timeout_s: float
+    ws_ping_interval_s: float
+    ws_max_message_bytes: int
     argon2_time_cost: int
     argon2_memory_kib: int
 

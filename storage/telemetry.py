@@ -45,6 +45,7 @@ ORDER BY 1
 _TREND_ALL = _TREND.format(machine="")
 _TREND_ONE = _TREND.format(machine="AND machine_id = $7")
 
+_SERIAL = "SET LOCAL max_parallel_workers_per_gather = 0"
 _ROLLUP_STATE = "SELECT level, upto FROM telemetry_rollup_state"
 _SET_ROLLUP_STATE = "UPDATE telemetry_rollup_state SET upto = $2 WHERE level = $1"
 _CLEAR_1M = "DELETE FROM gpu_metrics_1m WHERE bucket = ANY($1::timestamptz[])"
@@ -108,7 +109,10 @@ async def set_rollup_state(db: Executor, level: str, upto: datetime) -> None:
 
 
 async def rollup_minutes(conn: asyncpg.Connection, minutes: list[datetime]) -> None:
-    """Recompute the 1 m rollup of these minute buckets from raw rows."""
+    """Recompute the 1 m rollup of these minute buckets from raw rows (in the caller's
+    transaction). One core only: parallel workers would finish sooner but take every core
+    from the ingest meanwhile, and the writer's p99 is what counts."""
+    await conn.execute(_SERIAL)
     await conn.execute(_CLEAR_1M, minutes)
     await conn.execute(_ROLLUP_1M, minutes)
 
