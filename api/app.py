@@ -162,7 +162,8 @@ async def _postgres(app: web.Application) -> AsyncIterator[None]:
 
 async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    client = cache.create_client(settings.redis_url)
+    client = cache.create_client(settings.redis_url,
+                                 max_connections=settings.redis_max_connections)
     app[REDIS] = client
     app[REDIS_KEYS] = cache.Keys(settings.redis_prefix)
     yield

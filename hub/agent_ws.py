@@ -20,7 +20,7 @@ from pydantic import ValidationError
 
 from hub.dispatcher import Dispatcher
 from hub.ingest import Ingest
-from hub.protocol import CLOSE_ABUSE, Strikes, error_message
+from hub.protocol import CLOSE_ABUSE, DEPENDENCY_ERRORS, Strikes, error_message
 from services.agents import AgentAuth, AgentIdentity
 from services.errors import ServiceError
 from services.frames import Hello, WsJobUpdate, WsMetrics, check_frame
@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 MAX_MESSAGE_BYTES = 256 * 1024
 CLOSE_REPLACED = 4000
 CLOSE_UNAUTHENTICATED = 4001
+UNAVAILABLE = error_message("unavailable", "the hub cannot store this now; send it again")
 
 
 def _pydantic_errors(exc: ValidationError) -> list[dict[str, str]]:
@@ -78,6 +79,8 @@ class AgentSockets:
                 if reply is None:
                     continue
                 await ws.send_str(reply)
+                if reply is UNAVAILABLE:
+                    continue  # not the agent's fault
                 self.bad_messages += 1
                 if strikes.add():
                     await ws.close(code=CLOSE_ABUSE, message=b"too many bad messages")
@@ -120,6 +123,8 @@ class AgentSockets:
         except ValidationError as exc:
             return error_message(f"invalid_{kind}", f"invalid {kind} message",
                                  _pydantic_errors(exc))
+        except DEPENDENCY_ERRORS:
+            return UNAVAILABLE
         except ServiceError as exc:
             errors = (exc.data or {}).get("errors") if isinstance(exc.data, dict) else None
             return error_message(f"invalid_{kind}" if exc.code < 40100 else "rejected", exc.message,

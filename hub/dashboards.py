@@ -17,7 +17,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 import orjson
-from aiohttp import WSMsgType, web
+from aiohttp import WSCloseCode, WSMsgType, web
 
 from hub.fanout import (
     CLOSE_GOING_AWAY,
@@ -27,13 +27,14 @@ from hub.fanout import (
     close_now,
     text_frame,
 )
-from hub.protocol import CLOSE_ABUSE, Strikes, error_message
+from hub.protocol import CLOSE_ABUSE, DEPENDENCY_ERRORS, Strikes, error_message
 from hub.topics import GLOBAL, Topics, tenant_topic
 from services.auth import AuthService, Principal
 from services.errors import ServiceError
 
 log = logging.getLogger(__name__)
 
+CLOSE_TRY_LATER = 1013  # RFC 6455 registry: "try again later"
 CLOSE_ORIGIN = 4003
 CLOSE_TOO_MANY = 4009
 GLOBAL_PERMISSION = "monitoring:read"
@@ -75,23 +76,35 @@ class DashboardSockets:
                                    max_msg_size=self._max_message_bytes)
         await ws.prepare(request)
         self._open.add(ws)
+        # After the upgrade nothing may escape to the HTTP error middleware: it would write
+        # an HTTP response into the WebSocket stream.
         try:
-            refusal = self._refusal(request)
-            if refusal is not None:
-                self.refused += 1
-                await ws.close(code=refusal[0], message=refusal[1].encode())
-                return ws
-            principal = await self._authenticate(ws, request.query.get("token"))
-            if principal is None:
-                return ws
-            if self._per_user.get(principal.user_id, 0) >= self._max_per_user:
-                self.refused += 1
-                await ws.close(code=CLOSE_TOO_MANY, message=b"too many connections for this user")
-                return ws
-            await self._session(ws, request, principal)
+            await self._serve(ws, request)
+        except DEPENDENCY_ERRORS as exc:
+            log.warning("dashboard closed: dependency unavailable",
+                        extra={"error": type(exc).__name__})
+            await ws.close(code=CLOSE_TRY_LATER, message=b"dependency unavailable")
+        except Exception:
+            log.exception("dashboard socket failed")
+            await ws.close(code=WSCloseCode.INTERNAL_ERROR, message=b"internal error")
         finally:
             self._open.discard(ws)
         return ws
+
+    async def _serve(self, ws: web.WebSocketResponse, request: web.Request) -> None:
+        refusal = self._refusal(request)
+        if refusal is not None:
+            self.refused += 1
+            await ws.close(code=refusal[0], message=refusal[1].encode())
+            return
+        principal = await self._authenticate(ws, request.query.get("token"))
+        if principal is None:
+            return
+        if self._per_user.get(principal.user_id, 0) >= self._max_per_user:
+            self.refused += 1
+            await ws.close(code=CLOSE_TOO_MANY, message=b"too many connections for this user")
+            return
+        await self._session(ws, request, principal)
 
     def _refusal(self, request: web.Request) -> tuple[int, str] | None:
         if self._closing:

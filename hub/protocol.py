@@ -10,9 +10,13 @@ from typing import Any
 
 import orjson
 
+from storage import cache, db
+
 FLOOD_LIMIT = 20
 FLOOD_WINDOW_S = 60.0
 CLOSE_ABUSE = 4010
+# Redis or PostgreSQL out of reach: a socket answers or closes, it never fails with them.
+DEPENDENCY_ERRORS = cache.UNAVAILABLE_ERRORS + db.UNAVAILABLE_ERRORS
 
 
 def error_message(code: str, message: str, errors: list[dict[str, Any]] | None = None) -> str:

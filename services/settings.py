@@ -119,6 +119,8 @@ SPECS: tuple[Spec, ...] = (
          "postgresql://postgres@127.0.0.1:5432/remotegpu", _postgres_url, "asyncpg DSN"),
     Spec("redis_url", "REMOTEGPU_REDIS_URL", "redis://127.0.0.1:6379/0", _redis_url,
          "Redis URL"),
+    Spec("redis_max_connections", "REMOTEGPU_REDIS_MAX_CONNECTIONS", "100", _positive_int,
+         "Redis connections per process; beyond, commands wait (up to 5 s) for one"),
     Spec("redis_prefix", "REMOTEGPU_REDIS_PREFIX", "rgpu:", _redis_prefix,
          "prefix of every Redis key and pub/sub channel of this deployment"),
     Spec("jwt_secret", "REMOTEGPU_JWT_SECRET", "", _text,
@@ -219,6 +221,7 @@ SPECS: tuple[Spec, ...] = (
 class Settings:
     database_url: str
     redis_url: str
+    redis_max_connections: int
     redis_prefix: str
     jwt_secret: str
     dev: bool

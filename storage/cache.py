@@ -19,14 +19,19 @@ UNAVAILABLE_ERRORS: tuple[type[BaseException], ...] = (
 )
 
 
-def create_client(url: str) -> redis.Redis:
-    return redis.Redis.from_url(
+def create_client(url: str, *, max_connections: int) -> redis.Redis:
+    # A burst (thousands of dashboards reconnecting) waits for a free connection instead
+    # of failing: redis-py's default pool raises once 100 are busy.
+    pool = redis.BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=5,
         decode_responses=False,
         socket_connect_timeout=5,
         socket_timeout=5,
         health_check_interval=30,
     )
+    return redis.Redis.from_pool(pool)  # owns the pool: aclose() closes it
 
 
 class Keys:
