@@ -152,14 +152,17 @@ class Fanout:
             if sub.closed or transport.is_closing():
                 self._troubled.discard(sub)
                 continue
+            if transport.get_write_buffer_size() <= self._high_water:
+                sub.slow_since = None  # it caught up; the events it is owed start a new clock
             while sub.events and transport.get_write_buffer_size() <= self._high_water:
                 transport.write(sub.events.popleft())
                 self.sent += 1
             if transport.get_write_buffer_size() <= self._high_water:
-                sub.slow_since = None
                 if not sub.events:
                     self._troubled.discard(sub)
-            elif sub.slow_since is not None and now - sub.slow_since > self._slow_close_s:
+            elif sub.slow_since is None:
+                sub.slow_since = now
+            elif now - sub.slow_since > self._slow_close_s:
                 self.close_slow(sub)
 
     def close_slow(self, sub: Subscriber) -> None:

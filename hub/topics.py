@@ -61,11 +61,14 @@ class Topics:
         self._tasks: list[asyncio.Task[None]] = []
 
     def start(self) -> None:
+        # Update ticks fall half-way between whole multiples of their interval, so they
+        # never land on a snapshot tick: each tick has the loop to itself.
         self._tasks = [
-            asyncio.create_task(self._every(self._snapshot_interval_s, "snapshot",
+            asyncio.create_task(self._every(self._snapshot_interval_s, 0.0, "snapshot",
                                             self.snapshot_tick), name="dashboard-snapshots"),
-            asyncio.create_task(self._every(self._update_interval_s, "update",
-                                            self.update_tick), name="dashboard-updates"),
+            asyncio.create_task(self._every(self._update_interval_s, self._update_interval_s / 2,
+                                            "update", self.update_tick),
+                                name="dashboard-updates"),
         ]
 
     async def stop(self) -> None:
@@ -75,10 +78,13 @@ class Topics:
             with suppress(asyncio.CancelledError):
                 await task
 
-    async def _every(self, interval_s: float, kind: str, tick: Callable[[float], None]) -> None:
+    async def _every(self, interval_s: float, phase_s: float, kind: str,
+                     tick: Callable[[float], None]) -> None:
+        """Run ``tick`` at every wall-clock time k * interval + phase (the same instants in
+        every process)."""
         while True:
             now = time.time()
-            due = (now // interval_s + 1) * interval_s
+            due = ((now - phase_s) // interval_s + 1) * interval_s + phase_s
             await asyncio.sleep(due - now)
             started = time.time()
             try:

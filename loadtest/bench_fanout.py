@@ -142,9 +142,10 @@ async def _listen(ws: aiohttp.ClientWebSocketResponse, tally: Tally, measuring: 
         elif kind == "monitoring_update":
             if measuring[0]:
                 tally.updates += 1
-                # Updates carry the sample's time, not the tick's; ticks are aligned to
-                # the wall clock, so the time since the last tick is the delivery delay.
-                tally.update_delays.append(received % update_interval)
+                # Updates carry the sample's time, not the tick's; the hub ticks at
+                # k * interval + interval / 2 of the wall clock, so the time since the last
+                # such instant is the delivery delay.
+                tally.update_delays.append((received - update_interval / 2) % update_interval)
         elif measuring[0]:
             tally.events += 1
     if ws.close_code not in (None, 1000):
@@ -204,6 +205,21 @@ def _worker(args: argparse.Namespace, tokens: list[str], queue: multiprocessing.
                               args.update_interval, args.connect_parallel, ready, go)))
 
 
+def _tick_totals(hub: str) -> dict[str, float]:
+    """The hub's own account of its ticks: sums and counts of tick durations, by kind."""
+
+    async def scrape() -> str:
+        async with aiohttp.ClientSession() as session, session.get(f"{hub}/metrics") as resp:
+            return await resp.text()
+
+    totals = {}
+    for line in asyncio.run(scrape()).splitlines():
+        if line.startswith(("remotegpu_ws_tick_seconds_sum", "remotegpu_ws_tick_seconds_count")):
+            name, value = line.rsplit(" ", 1)
+            totals[name] = float(value)
+    return totals
+
+
 def _hub_pid(hub: str) -> int:
     port = int(hub.rsplit(":", 1)[1].split("/")[0])
     for conn in psutil.net_connections("tcp"):
@@ -243,6 +259,7 @@ def main(args: argparse.Namespace) -> None:
     connect_s = time.monotonic() - started
     time.sleep(2)  # the hub settles its allocations after the burst
     rss_held = _rss(pid)
+    ticks_before = _tick_totals(args.hub)
     go.set()
     total, seconds = Tally(), []
     for worker in workers:
@@ -250,6 +267,8 @@ def main(args: argparse.Namespace) -> None:
         total.merge(tally)
         seconds.append(took)
         worker.join()
+    ticks = {name: value - ticks_before.get(name, 0.0)
+             for name, value in _tick_totals(args.hub).items()}
     rss_per_conn = (rss_held - rss_before) / max(1, total.connected)
     print(f"subscribers={args.subscribers} admins={admins} tenants={args.tenants} "
           f"client processes={args.processes} measured {args.duration:g} s "
@@ -267,6 +286,12 @@ def main(args: argparse.Namespace) -> None:
           f"p99={_pct(total.update_delays, 0.99) * 1000:.0f} ms; events={total.events:,}")
     closes = dict(total.closed_by_hub) or "none"
     print(f"closed by the hub (code: sockets) while measuring: {closes}")
+    for kind in ("snapshot", "update"):
+        runs = ticks.get(f'remotegpu_ws_tick_seconds_count{{kind="{kind}"}}', 0)
+        took = ticks.get(f'remotegpu_ws_tick_seconds_sum{{kind="{kind}"}}', 0)
+        if runs:
+            print(f"hub {kind} ticks (settle + measure): {runs:.0f}, "
+                  f"mean {took / runs * 1000:.1f} ms to build and write")
     if total.snapshot_delays:
         print(f"mean snapshot delay {statistics.fmean(total.snapshot_delays) * 1000:.0f} ms")
 

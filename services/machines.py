@@ -169,6 +169,9 @@ class MachineService:
                 await machine_store.insert_many(conn, rows)
             except DuplicateError:
                 raise Duplicate("a machine with this id already exists") from None
+        # Every hub process learns of the new machines (dashboards list them at once).
+        announce_machines(self._events, await machine_store.states(
+            self._pool, [row.id for row in rows]))
         return [Registered(row.id, token) for row, token in zip(rows, tokens, strict=True)]
 
     async def get(self, machine_id: str) -> asyncpg.Record:
