@@ -9,6 +9,11 @@ import signal
 import sys
 from pathlib import Path
 
+try:
+    import uvloop
+except ImportError:  # the simulator also runs on the standard loop
+    uvloop = None
+
 from agent_mock.options import DEFAULT_TOKENS_FILE, AgentMockError, Options
 from agent_mock.runner import run
 
@@ -115,7 +120,8 @@ def main(args: argparse.Namespace) -> int:
     """Run the fleet until --duration, Ctrl-C or SIGTERM; the exit status (1: a failure
     already explained on stderr)."""
     try:
-        asyncio.run(_run_until_stopped(options_from_args(args)))
+        with asyncio.Runner(loop_factory=uvloop and uvloop.new_event_loop) as runner:
+            runner.run(_run_until_stopped(options_from_args(args)))
     except AgentMockError as exc:
         print(f"remotegpu agent-mock: {exc}", file=sys.stderr)
         return 1

@@ -85,7 +85,9 @@ class Topics:
         while True:
             now = time.time()
             due = ((now - phase_s) // interval_s + 1) * interval_s + phase_s
-            await asyncio.sleep(due - now)
+            while now < due:  # timers may fire a little early; a tick never runs before its instant
+                await asyncio.sleep(due - now)
+                now = time.time()
             started = time.time()
             try:
                 tick(due)

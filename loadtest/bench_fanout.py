@@ -3,6 +3,9 @@
 Prints the connect rate, the hub's resident memory per idle connection, the delay from a
 snapshot's tick (``data.ts``) to its receipt (p50/p99), the delay of tenant updates after
 their tick, and frames lost (gaps in the snapshots' ``seq``; sockets closed by the hub).
+Delays are reported twice: over every socket, and over ``--probes`` sockets held by a
+process of their own. A client process reading thousands of sockets adds its own queueing
+(it takes a while to get through one tick's burst); a probe sees what one dashboard sees.
 It speaks only the wire protocol; the hub's RSS is read from /proc (``--hub-pid``, or the
 process listening on the hub's port).
 
@@ -21,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import multiprocessing
 import os
 import statistics
@@ -32,6 +36,11 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 import psutil
+
+try:
+    import uvloop
+except ImportError:  # the benchmark still runs, only with a slower client
+    uvloop = None
 
 CUSTOMER_PASSWORD = "bench-customer-password"
 
@@ -186,6 +195,11 @@ async def run(hub: str, tokens: list[str], duration: float, settle: float,
         started = time.monotonic()
         await asyncio.gather(*(connect(token) for token in tokens))
         took = time.monotonic() - started
+        # Tuned like the hub (hub/cli.py): a full collection over thousands of sockets
+        # would stall this client and show up as delivery delay.
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(50_000, 20, 10)
         if ready is not None and go is not None:
             ready.set()
             await asyncio.get_running_loop().run_in_executor(None, go.wait)
@@ -198,11 +212,13 @@ async def run(hub: str, tokens: list[str], duration: float, settle: float,
     return tally, took
 
 
-def _worker(args: argparse.Namespace, tokens: list[str], queue: multiprocessing.Queue,
-            ready: multiprocessing.synchronize.Event,
+def _worker(args: argparse.Namespace, index: int, tokens: list[str],
+            queue: multiprocessing.Queue, ready: multiprocessing.synchronize.Event,
             go: multiprocessing.synchronize.Event) -> None:
-    queue.put(asyncio.run(run(args.hub, tokens, args.duration, args.settle,
-                              args.update_interval, args.connect_parallel, ready, go)))
+    with asyncio.Runner(loop_factory=uvloop and uvloop.new_event_loop) as runner:
+        queue.put((index, *runner.run(run(args.hub, tokens, args.duration, args.settle,
+                                          args.update_interval, args.connect_parallel,
+                                          ready, go))))
 
 
 def _tick_totals(hub: str) -> dict[str, float]:
@@ -237,6 +253,13 @@ def _pct(values: list[float], q: float) -> float:
     return values[min(len(values) - 1, int(len(values) * q))] if values else float("nan")
 
 
+def _delays(values: list[float]) -> str:
+    if not values:
+        return "none"
+    return (f"p50={_pct(values, 0.5) * 1000:.0f} ms p99={_pct(values, 0.99) * 1000:.0f} ms "
+            f"max={max(values) * 1000:.0f} ms mean={statistics.fmean(values) * 1000:.0f} ms")
+
+
 def main(args: argparse.Namespace) -> None:
     admin, customers = asyncio.run(prepare(args.hub, args.admin_user, args.admin_password,
                                            args.tenants, args.machines_per_tenant))
@@ -245,12 +268,17 @@ def main(args: argparse.Namespace) -> None:
                                  for i in range(args.subscribers - admins)]
     pid = args.hub_pid or _hub_pid(args.hub)
     rss_before = _rss(pid)
-    parts = [tokens[i::args.processes] for i in range(args.processes)]
+    # Probes take every k-th token, so they hold admins and customers in the same mix.
+    step = max(1, len(tokens) // args.probes) if args.probes else 0
+    probe_at = set(range(0, len(tokens), step)[:args.probes]) if step else set()
+    probes = [token for i, token in enumerate(tokens) if i in probe_at]
+    bulk = [token for i, token in enumerate(tokens) if i not in probe_at]
+    parts = [bulk[i::args.processes] for i in range(args.processes)] + ([probes] if probes else [])
     queue: multiprocessing.Queue = multiprocessing.Queue()
     ready_events = [multiprocessing.Event() for _ in parts]
     go = multiprocessing.Event()
-    workers = [multiprocessing.Process(target=_worker, args=(args, part, queue, ready, go))
-               for part, ready in zip(parts, ready_events, strict=True)]
+    workers = [multiprocessing.Process(target=_worker, args=(args, i, part, queue, ready, go))
+               for i, (part, ready) in enumerate(zip(parts, ready_events, strict=True))]
     started = time.monotonic()
     for worker in workers:
         worker.start()
@@ -261,29 +289,31 @@ def main(args: argparse.Namespace) -> None:
     rss_held = _rss(pid)
     ticks_before = _tick_totals(args.hub)
     go.set()
-    total, seconds = Tally(), []
-    for worker in workers:
-        tally, took = queue.get()
+    total, probe_tally = Tally(), Tally()
+    for _ in workers:  # every result first: a worker cannot exit before its result is read
+        index, tally, _took = queue.get()
         total.merge(tally)
-        seconds.append(took)
+        if probes and index == len(parts) - 1:
+            probe_tally = tally
+    for worker in workers:
         worker.join()
     ticks = {name: value - ticks_before.get(name, 0.0)
              for name, value in _tick_totals(args.hub).items()}
     rss_per_conn = (rss_held - rss_before) / max(1, total.connected)
     print(f"subscribers={args.subscribers} admins={admins} tenants={args.tenants} "
-          f"client processes={args.processes} measured {args.duration:g} s "
+          f"client processes={args.processes} + {len(probes)} probes in their own, "
+          f"event loop {'uvloop' if uvloop else 'asyncio'}, measured {args.duration:g} s "
           f"after {args.settle:g} s")
     print(f"connected={total.connected} failed={dict(total.failed) or 0} in {connect_s:.1f} s "
           f"({total.connected / connect_s:,.0f}/s)")
     print(f"hub RSS {rss_before / 2**20:,.0f} MiB -> {rss_held / 2**20:,.0f} MiB held: "
           f"{rss_per_conn / 1024:.1f} KiB per idle connection")
-    print(f"snapshots received={total.snapshots:,} lost={total.lost} "
-          f"delay tick->receipt p50={_pct(total.snapshot_delays, 0.5) * 1000:.0f} ms "
-          f"p99={_pct(total.snapshot_delays, 0.99) * 1000:.0f} ms "
-          f"max={max(total.snapshot_delays, default=float('nan')) * 1000:.0f} ms")
-    print(f"updates received={total.updates:,} delay tick->receipt "
-          f"p50={_pct(total.update_delays, 0.5) * 1000:.0f} ms "
-          f"p99={_pct(total.update_delays, 0.99) * 1000:.0f} ms; events={total.events:,}")
+    print(f"snapshots received={total.snapshots:,} lost={total.lost}; "
+          f"updates received={total.updates:,}; events={total.events:,}")
+    for label, tally in (("all sockets", total), ("probe sockets", probe_tally)):
+        if tally.snapshots or tally.updates:
+            print(f"{label}: snapshot delay tick->receipt {_delays(tally.snapshot_delays)}; "
+                  f"update delay tick->receipt {_delays(tally.update_delays)}")
     closes = dict(total.closed_by_hub) or "none"
     print(f"closed by the hub (code: sockets) while measuring: {closes}")
     for kind in ("snapshot", "update"):
@@ -292,8 +322,6 @@ def main(args: argparse.Namespace) -> None:
         if runs:
             print(f"hub {kind} ticks (settle + measure): {runs:.0f}, "
                   f"mean {took / runs * 1000:.1f} ms to build and write")
-    if total.snapshot_delays:
-        print(f"mean snapshot delay {statistics.fmean(total.snapshot_delays) * 1000:.0f} ms")
 
 
 if __name__ == "__main__":
@@ -311,7 +339,10 @@ if __name__ == "__main__":
                         help="seconds after every socket is open before measuring")
     parser.add_argument("--update-interval", type=float, default=1.0,
                         help="the hub's REMOTEGPU_TENANT_UPDATE_INTERVAL_S")
-    parser.add_argument("--processes", type=int, default=1, help="client processes")
+    parser.add_argument("--processes", type=int, default=1,
+                        help="client processes holding the sockets (besides the probes')")
+    parser.add_argument("--probes", type=int, default=100,
+                        help="sockets measured from a process of their own (0 for none)")
     parser.add_argument("--connect-parallel", type=int, default=100,
                         help="handshakes in flight per client process")
     parser.add_argument("--hub-pid", type=int, default=None)

@@ -8,10 +8,10 @@ from pathlib import Path
 
 import agent_mock
 
-ALLOWED = {"aiohttp", "orjson", "agent_mock"} | set(sys.stdlib_module_names)
+ALLOWED = {"aiohttp", "orjson", "uvloop", "agent_mock"} | set(sys.stdlib_module_names)
 
 
-def test_agent_mock_imports_only_aiohttp_orjson_and_the_standard_library():
+def test_agent_mock_imports_only_aiohttp_orjson_uvloop_and_the_standard_library():
     package = Path(agent_mock.__file__).parent
     found = {}
     for path in package.glob("*.py"):

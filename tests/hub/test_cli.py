@@ -152,5 +152,6 @@ async def test_serve_answers_then_stops_cleanly_on_sigterm_writing_the_audit_tra
     assert proc.returncode == 0, stderr
     lines = [orjson.loads(line) for line in stderr.decode().splitlines() if line.startswith("{")]
     assert any(line["msg"] == "request" and line["path"] == "/healthz" for line in lines)
+    assert [line["event_loop"] for line in lines if line["msg"] == "serving"] == ["uvloop"]
     written = "SELECT count(*) FROM audit_logs WHERE path = '/api/v1/auth/login'"
     assert await db.fetchval(written) == 1
