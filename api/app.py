@@ -67,7 +67,7 @@ from api.routing import Routes, check_all_declared
 from hub.agent_ws import CLOSE_UNAUTHENTICATED, AgentSockets
 from hub.bus import TELEMETRY as TELEMETRY_CHANNEL
 from hub.bus import Bus
-from hub.dashboards import DashboardSockets
+from hub.dashboards import SEAT_LAPSE_S, DashboardSockets
 from hub.dispatcher import Dispatcher
 from hub.fanout import Fanout
 from hub.heartbeats import HeartbeatSink
@@ -99,6 +99,7 @@ from services.tokens import AccessTokens
 from storage import alerts as alert_store
 from storage import cache, db, roles
 from storage import machines as machine_store
+from storage.dashboard_seats import DashboardSeats
 from storage.migrate import applied_telemetry_variant
 from storage.ratelimit import FailureCounter
 from storage.revocations import Revocations
@@ -308,6 +309,7 @@ async def _dashboards(app: web.Application) -> AsyncIterator[None]:
                     update_interval_s=settings.tenant_update_interval_s, observe=observe)
     sockets = DashboardSockets(
         auth=app[AUTH], fanout=fanout, topics=topics,
+        seats=DashboardSeats(app[REDIS], app[REDIS_KEYS], lapse_s=SEAT_LAPSE_S),
         max_connections=settings.ws_max_connections,
         max_per_user=settings.ws_max_connections_per_user,
         allowed_origins=settings.ws_allowed_origins, auth_timeout_s=settings.ws_auth_timeout_s,
@@ -337,7 +339,9 @@ async def _dashboards(app: web.Application) -> AsyncIterator[None]:
     metrics.gauges("remotegpu_ws_fanout_lag_seconds", "from a tick's scheduled time to the "
                    "last write of it, last tick", "kind", lambda: lag)
     topics.start()
+    sockets.start()
     yield
+    await sockets.stop()
     await topics.stop()
 
 

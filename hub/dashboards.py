@@ -11,8 +11,11 @@ only replies to the client's own messages are sent from its handler.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import logging
 import time
+import uuid
+from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -31,23 +34,29 @@ from hub.protocol import CLOSE_ABUSE, DEPENDENCY_ERRORS, Strikes, error_message
 from hub.topics import GLOBAL, Topics, tenant_topic
 from services.auth import AuthService, Principal
 from services.errors import ServiceError
+from storage.dashboard_seats import DashboardSeats
 
 log = logging.getLogger(__name__)
 
 CLOSE_TRY_LATER = 1013  # RFC 6455 registry: "try again later"
 CLOSE_ORIGIN = 4003
 CLOSE_TOO_MANY = 4009
+# A process renews its seats every SEAT_RENEW_S; a dead one's lapse after SEAT_LAPSE_S.
+SEAT_LAPSE_S = 60
+SEAT_RENEW_S = SEAT_LAPSE_S / 3
 GLOBAL_PERMISSION = "monitoring:read"
 TENANT_PERMISSION = "tenant:machine:read"
 
 
 class DashboardSockets:
     def __init__(self, *, auth: AuthService, fanout: Fanout, topics: Topics,
-                 max_connections: int, max_per_user: int, allowed_origins: tuple[str, ...],
+                 seats: DashboardSeats, max_connections: int, max_per_user: int,
+                 allowed_origins: tuple[str, ...],
                  auth_timeout_s: float, ping_interval_s: float, max_message_bytes: int) -> None:
         self._auth = auth
         self._fanout = fanout
         self._topics = topics
+        self._seats = seats
         self._max_connections = max_connections
         self._max_per_user = max_per_user
         self._allowed_origins = allowed_origins
@@ -56,7 +65,11 @@ class DashboardSockets:
         self._max_message_bytes = max_message_bytes
         self._open: set[web.WebSocketResponse] = set()
         self._sessions: set[web.WebSocketResponse] = set()  # authenticated and subscribed
-        self._per_user: dict[int, int] = {}
+        # Seats this process holds, seat -> user (the per-user cap spans every process).
+        self._held: dict[str, int] = {}
+        self._seat_prefix = uuid.uuid4().hex[:12]
+        self._seat_numbers = itertools.count(1)
+        self._renewal: asyncio.Task[None] | None = None
         self._closing = False
         self.bad_messages = 0
         self.refused = 0
@@ -100,11 +113,19 @@ class DashboardSockets:
         principal = await self._authenticate(ws, request.query.get("token"))
         if principal is None:
             return
-        if self._per_user.get(principal.user_id, 0) >= self._max_per_user:
+        seat = f"{self._seat_prefix}:{next(self._seat_numbers)}"
+        if not await self._seats.take(principal.user_id, seat, self._max_per_user):
             self.refused += 1
             await ws.close(code=CLOSE_TOO_MANY, message=b"too many connections for this user")
             return
-        await self._session(ws, request, principal)
+        self._held[seat] = principal.user_id
+        try:
+            await self._session(ws, request, principal)
+        finally:
+            del self._held[seat]
+            # If Redis is out of reach the seat lapses by itself.
+            with suppress(*DEPENDENCY_ERRORS):
+                await self._seats.release(principal.user_id, seat)
 
     def _refusal(self, request: web.Request) -> tuple[int, str] | None:
         if self._closing:
@@ -158,7 +179,6 @@ class DashboardSockets:
                          user_id=principal.user_id, tenant_id=principal.tenant_id,
                          sid=principal.sid)
         self._sessions.add(ws)
-        self._per_user[principal.user_id] = self._per_user.get(principal.user_id, 0) + 1
         expiry = self._expire_at(sub, principal.expires_at)
         # Welcome, current state and subscription without a pause between them: no event
         # or tick can slip in before the dashboard is subscribed.
@@ -190,11 +210,6 @@ class DashboardSockets:
             expiry.cancel()
             self._sessions.discard(ws)
             self._fanout.remove(sub)
-            left = self._per_user[principal.user_id] - 1
-            if left:
-                self._per_user[principal.user_id] = left
-            else:
-                del self._per_user[principal.user_id]
 
     def _current_state(self, principal: Principal, topic: str) -> list[bytes]:
         if topic == GLOBAL:
@@ -232,6 +247,23 @@ class DashboardSockets:
             sub.sid = principal.sid
             return None, False, principal
         return error_message("invalid_message", "type must be ping or auth"), True, None
+
+    def start(self) -> None:
+        self._renewal = asyncio.create_task(self._renew_seats(), name="dashboard-seats")
+
+    async def stop(self) -> None:
+        if self._renewal is not None:
+            self._renewal.cancel()
+            with suppress(asyncio.CancelledError):
+                await self._renewal
+
+    async def _renew_seats(self) -> None:
+        while True:
+            await asyncio.sleep(SEAT_RENEW_S)
+            try:
+                await self._seats.renew([(user, seat) for seat, user in self._held.items()])
+            except DEPENDENCY_ERRORS as exc:
+                log.warning("dashboard seats not renewed", extra={"error": type(exc).__name__})
 
     def on_access_revoked(self, data: dict[str, Any]) -> None:
         """Close the sessions an ``access_revoked`` event names (login sessions, or every

@@ -50,6 +50,9 @@ class Keys:
     def disabled_tenant(self, tenant_id: int) -> str:
         return f"{self.prefix}auth:disabled:tenant:{tenant_id}"
 
+    def dashboard_seats(self, user_id: int) -> str:
+        return f"{self.prefix}ws:seats:user:{user_id}"
+
     def disabled_pattern(self) -> str:
         return f"{self.prefix}auth:disabled:*"
 

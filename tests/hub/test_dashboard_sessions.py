@@ -549,6 +549,23 @@ async def test_a_closed_socket_frees_its_place_under_the_per_user_cap(make_app,
     await _welcome(again)
 
 
+async def test_the_per_user_cap_counts_the_users_sockets_on_every_process(make_app,
+                                                                          aiohttp_client,
+                                                                          accounts):
+    first = await aiohttp_client(make_app(**FAST, ws_max_connections_per_user=2))
+    second = await aiohttp_client(make_app(**FAST, ws_max_connections_per_user=2))
+    admin = await accounts.user("root-admin")
+    token = await _token(first, admin)
+    on_first, on_second = await _connect(first, token), await _connect(second, token)
+    await _welcome(on_first)
+    await _welcome(on_second)
+    await _closed_with(await _connect(first, token), 4009)
+    await _closed_with(await _connect(second, token), 4009)
+    await on_first.close()
+    await _eventually(lambda: first.app[DASHBOARD_SOCKETS].count == 0, what="socket gone")
+    await _welcome(await _connect(second, token))
+
+
 async def test_a_socket_beyond_the_process_cap_closes_with_4009(make_app, aiohttp_client,
                                                                 accounts):
     client = await aiohttp_client(make_app(**FAST, ws_max_connections=1))
