@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from importlib import metadata
@@ -309,7 +310,8 @@ async def _dashboards(app: web.Application) -> AsyncIterator[None]:
                     update_interval_s=settings.tenant_update_interval_s, observe=observe)
     sockets = DashboardSockets(
         auth=app[AUTH], fanout=fanout, topics=topics,
-        seats=DashboardSeats(app[REDIS], app[REDIS_KEYS], lapse_s=SEAT_LAPSE_S),
+        seats=DashboardSeats(app[REDIS], app[REDIS_KEYS], process_id=uuid.uuid4().hex,
+                             lapse_s=SEAT_LAPSE_S),
         max_connections=settings.ws_max_connections,
         max_per_user=settings.ws_max_connections_per_user,
         allowed_origins=settings.ws_allowed_origins, auth_timeout_s=settings.ws_auth_timeout_s,

@@ -11,10 +11,8 @@ only replies to the client's own messages are sent from its handler.
 from __future__ import annotations
 
 import asyncio
-import itertools
 import logging
 import time
-import uuid
 from contextlib import suppress
 from typing import Any
 from urllib.parse import urlsplit
@@ -65,10 +63,10 @@ class DashboardSockets:
         self._max_message_bytes = max_message_bytes
         self._open: set[web.WebSocketResponse] = set()
         self._sessions: set[web.WebSocketResponse] = set()  # authenticated and subscribed
-        # Seats this process holds, seat -> user (the per-user cap spans every process).
-        self._held: dict[str, int] = {}
-        self._seat_prefix = uuid.uuid4().hex[:12]
-        self._seat_numbers = itertools.count(1)
+        # This process's sockets per user, and users whose seat could not be given back
+        # (Redis out of reach): their count in Redis is rewritten at the next renewal.
+        self._per_user: dict[int, int] = {}
+        self._unreleased: set[int] = set()
         self._renewal: asyncio.Task[None] | None = None
         self._closing = False
         self.bad_messages = 0
@@ -113,19 +111,25 @@ class DashboardSockets:
         principal = await self._authenticate(ws, request.query.get("token"))
         if principal is None:
             return
-        seat = f"{self._seat_prefix}:{next(self._seat_numbers)}"
-        if not await self._seats.take(principal.user_id, seat, self._max_per_user):
+        if not await self._seats.take(principal.user_id, self._max_per_user):
             self.refused += 1
             await ws.close(code=CLOSE_TOO_MANY, message=b"too many connections for this user")
             return
-        self._held[seat] = principal.user_id
+        user_id = principal.user_id
+        self._per_user[user_id] = self._per_user.get(user_id, 0) + 1
         try:
             await self._session(ws, request, principal)
         finally:
-            del self._held[seat]
-            # If Redis is out of reach the seat lapses by itself.
-            with suppress(*DEPENDENCY_ERRORS):
-                await self._seats.release(principal.user_id, seat)
+            left = self._per_user[user_id] - 1
+            if left:
+                self._per_user[user_id] = left
+            else:
+                del self._per_user[user_id]
+            try:
+                # Shielded: a handler cancelled at shutdown still gives its seat back.
+                await asyncio.shield(self._seats.release(user_id))
+            except DEPENDENCY_ERRORS:
+                self._unreleased.add(user_id)
 
     def _refusal(self, request: web.Request) -> tuple[int, str] | None:
         if self._closing:
@@ -261,7 +265,10 @@ class DashboardSockets:
         while True:
             await asyncio.sleep(SEAT_RENEW_S)
             try:
-                await self._seats.renew([(user, seat) for seat, user in self._held.items()])
+                await self._seats.keep_alive()
+                for user_id in list(self._unreleased):
+                    await self._seats.set_held(user_id, self._per_user.get(user_id, 0))
+                    self._unreleased.discard(user_id)
             except DEPENDENCY_ERRORS as exc:
                 log.warning("dashboard seats not renewed", extra={"error": type(exc).__name__})
 

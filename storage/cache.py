@@ -53,6 +53,10 @@ class Keys:
     def dashboard_seats(self, user_id: int) -> str:
         return f"{self.prefix}ws:seats:user:{user_id}"
 
+    def dashboard_process(self, process_id: str = "") -> str:
+        """A process's liveness key (without an id: the prefix of them all)."""
+        return f"{self.prefix}ws:process:{process_id}"
+
     def disabled_pattern(self) -> str:
         return f"{self.prefix}auth:disabled:*"
 

@@ -1,58 +1,75 @@
 """Dashboard sockets per user, counted across every hub process.
 
-Each user has a sorted set of seats (one per open socket, ``{process}:{session}``) scored
-by the time the seat lapses. A process renews the seats of its open sockets well before
-that, so the seats of a process that died without closing its sockets lapse on their own
-and are dropped the next time anyone counts.
+Each user has a hash of open sockets per process (``{process id: count}``); each process
+keeps a liveness key that lapses ``lapse_s`` after its last renewal. Counting a user's
+sockets skips (and deletes) the entries of processes whose key lapsed, so the sockets of
+a process that died without closing them stop counting on their own. Renewal is one
+command per process, whatever the number of sockets.
 """
 
 from __future__ import annotations
-
-import time
-from collections.abc import Iterable
 
 import redis.asyncio as redis
 
 from storage.cache import Keys
 
-# KEYS[1] the user's seats; ARGV: now, lapse time, limit, seat, key ttl. 1 if taken.
+# KEYS[1] the user's hash. ARGV: limit, this process, liveness key prefix, lapse seconds.
+# The liveness keys are named from ARGV: fine on one Redis server (not Redis Cluster).
 _TAKE = """
-redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) >= tonumber(ARGV[3]) then
+redis.call('SET', ARGV[3] .. ARGV[2], 1, 'EX', ARGV[4])
+local fields = redis.call('HGETALL', KEYS[1])
+local total = 0
+for i = 1, #fields, 2 do
+    if redis.call('EXISTS', ARGV[3] .. fields[i]) == 0 then
+        redis.call('HDEL', KEYS[1], fields[i])
+    else
+        total = total + tonumber(fields[i + 1])
+    end
+end
+if total >= tonumber(ARGV[1]) then
     return 0
 end
-redis.call('ZADD', KEYS[1], ARGV[2], ARGV[4])
-redis.call('EXPIRE', KEYS[1], ARGV[5])
+redis.call('HINCRBY', KEYS[1], ARGV[2], 1)
 return 1
+"""
+
+# KEYS[1] the user's hash; ARGV[1] this process.
+_RELEASE = """
+if redis.call('HINCRBY', KEYS[1], ARGV[1], -1) <= 0 then
+    redis.call('HDEL', KEYS[1], ARGV[1])
+end
 """
 
 
 class DashboardSeats:
-    def __init__(self, client: redis.Redis, keys: Keys, *, lapse_s: int) -> None:
+    def __init__(self, client: redis.Redis, keys: Keys, *, process_id: str,
+                 lapse_s: int) -> None:
         self._redis = client
         self._keys = keys
+        self._process_id = process_id
         self._lapse_s = lapse_s
         self._take = client.register_script(_TAKE)
+        self._release = client.register_script(_RELEASE)
 
-    async def take(self, user_id: int, seat: str, limit: int) -> bool:
+    async def take(self, user_id: int, limit: int) -> bool:
         """A seat for one more socket of the user, unless ``limit`` are taken."""
-        now = time.time()
         return bool(await self._take(keys=[self._keys.dashboard_seats(user_id)],
-                                     args=[now, now + self._lapse_s, limit, seat,
-                                           self._lapse_s]))
+                                     args=[limit, self._process_id,
+                                           self._keys.dashboard_process(), self._lapse_s]))
 
-    async def release(self, user_id: int, seat: str) -> None:
-        await self._redis.zrem(self._keys.dashboard_seats(user_id), seat)
+    async def release(self, user_id: int) -> None:
+        await self._release(keys=[self._keys.dashboard_seats(user_id)],
+                            args=[self._process_id])
 
-    async def renew(self, seats: Iterable[tuple[int, str]]) -> None:
-        """Push back the lapse time of these seats (the open sockets of this process)."""
-        lapse_at = time.time() + self._lapse_s
-        async with self._redis.pipeline(transaction=False) as pipe:
-            users = set()
-            for user_id, seat in seats:
-                # XX: a seat released meanwhile is not brought back.
-                pipe.zadd(self._keys.dashboard_seats(user_id), {seat: lapse_at}, xx=True)
-                users.add(user_id)
-            for user_id in users:
-                pipe.expire(self._keys.dashboard_seats(user_id), self._lapse_s)
-            await pipe.execute()
+    async def set_held(self, user_id: int, count: int) -> None:
+        """Correct this process's count for the user (after a release that failed)."""
+        key = self._keys.dashboard_seats(user_id)
+        if count:
+            await self._redis.hset(key, self._process_id, count)
+        else:
+            await self._redis.hdel(key, self._process_id)
+
+    async def keep_alive(self) -> None:
+        """This process is alive: its seats count for another ``lapse_s``."""
+        await self._redis.set(self._keys.dashboard_process(self._process_id), 1,
+                              ex=self._lapse_s)
