@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -12,6 +16,21 @@ from services.passwords import PasswordHasher
 from services.settings import Settings
 
 PASSWORD = "correct-horse-battery"
+
+
+async def eventually(predicate: Callable[[], Any], timeout_s: float = 10.0,
+                     what: str = "condition", poll_s: float = 0.05) -> Any:
+    """Poll ``predicate`` (plain or async) until it returns something truthy; that value.
+    Fails the test if ``timeout_s`` passes first."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        result = predicate()
+        if inspect.isawaitable(result):
+            result = await result
+        if result:
+            return result
+        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
+        await asyncio.sleep(poll_s)
 
 
 @dataclass

@@ -5,14 +5,13 @@ XID, ECC, row remapping, disk), lease expiry notices, stuck reclaims, one open a
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from datetime import datetime
 
 import pytest
 
 from api.keys import ALERTS, INGEST, PERIODIC, PG_POOL
-from tests.helpers import Api, call
+from tests.helpers import Api, call, eventually
 
 HEARTBEAT = "/api/v1/agent/heartbeat"
 ALERTS_URL = "/api/v1/admin/alerts"
@@ -37,18 +36,6 @@ def temps(*values: float) -> dict:
     return frame(*[gpu(i, t) for i, t in enumerate(values)])
 
 
-async def _eventually(predicate, timeout_s: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
-        await asyncio.sleep(0.05)
-
-
 class Agent:
     """A machine's agent speaking HTTP to one hub process."""
 
@@ -71,7 +58,7 @@ class Agent:
 
 async def _leading(client) -> None:
     """Frames are evaluated by the liveness leader: wait until this process is it."""
-    await _eventually(lambda: client.app[PERIODIC]["liveness"].leading, what="leading")
+    await eventually(lambda: client.app[PERIODIC]["liveness"].leading, what="leading")
 
 
 async def _agent(client, admin, machine_id: str = "m1") -> Agent:
@@ -102,7 +89,7 @@ async def _open(db, rule: str, machine_id: str = "m1"):
 
 async def _more_runs(job, runs: int) -> None:
     target = job.runs + runs
-    await _eventually(lambda: job.runs >= target, what=f"{runs} more runs of {job.name}")
+    await eventually(lambda: job.runs >= target, what=f"{runs} more runs of {job.name}")
 
 
 # --- GPU overheating ------------------------------------------------------------------------
@@ -279,7 +266,7 @@ async def test_event_alerts_resolve_after_the_quiet_period_but_state_alerts_do_n
     async def events_resolved():
         return [await _open(db, rule) for rule in ("gpu_xid", "gpu_ecc")] == [None, None]
 
-    await _eventually(events_resolved, what="XID and ECC alerts resolved")
+    await eventually(events_resolved, what="XID and ECC alerts resolved")
     for rule in ("gpu_xid", "gpu_ecc"):
         [alert] = await _alerts(db, rule)
         assert (alert["resolved_at"] - alert["last_seen_at"]).total_seconds() >= 0.5
@@ -293,7 +280,7 @@ async def test_a_constant_ecc_count_after_resolution_does_not_raise_again(quiet,
     async def resolved():
         return (await _open(db, "gpu_ecc")) is None
 
-    await _eventually(resolved, what="ECC alert resolved")
+    await eventually(resolved, what="ECC alert resolved")
     await agent.send(frame(gpu(0, ecc_dbe=2), gpu(1)))
     assert [a["status"] for a in await _alerts(db, "gpu_ecc")] == ["resolved"]
     await agent.send(frame(gpu(0, ecc_dbe=3), gpu(1)))
@@ -324,7 +311,7 @@ async def test_frames_received_by_another_process_are_evaluated_by_the_leader(
         return first.app[PERIODIC]["liveness"].leading != second.app[PERIODIC][
             "liveness"].leading
 
-    await _eventually(one_leads, what="one leader")
+    await eventually(one_leads, what="one leader")
     leader, follower = (first, second) if first.app[PERIODIC]["liveness"].leading else (
         second, first)
     admin = await Api.login(follower, await accounts.user("root-admin"))
@@ -334,7 +321,7 @@ async def test_frames_received_by_another_process_are_evaluated_by_the_leader(
     async def raised():
         return await _alerts(db, "disk_full")
 
-    await _eventually(raised, what="disk_full raised by the leader")
+    await eventually(raised, what="disk_full raised by the leader")
     await leader.app[INGEST].drain()  # the follower's own follow-ups ended with its flush
     assert len(await _alerts(db)) == 1
 
@@ -419,7 +406,7 @@ async def test_a_lease_ending_within_the_notice_period_raises_an_info_alert(leas
     async def raised():
         return await _open(db, "lease_expiring")
 
-    alert = await _eventually(raised, what="lease_expiring raised")
+    alert = await eventually(raised, what="lease_expiring raised")
     assert (alert["severity"], alert["status"], alert["tenant_id"]) == (
         "info", "active", tenant)
     assert alert["details"]["allocation_id"] == allocation_id
@@ -441,14 +428,14 @@ async def test_a_lease_outside_a_shorter_notice_period_raises_nothing(make_app, 
 async def test_renewing_past_the_notice_period_resolves_lease_expiring(lease_hub, db):
     _, admin, tenant = lease_hub
     allocation_id = await _expiring_lease(admin, db, tenant)
-    await _eventually(lambda: _open(db, "lease_expiring"), what="lease_expiring raised")
+    await eventually(lambda: _open(db, "lease_expiring"), what="lease_expiring raised")
     await admin.ok("POST", f"/api/v1/admin/allocations/{allocation_id}/renew",
                    {"duration_months": 3})
 
     async def resolved():
         return (await _open(db, "lease_expiring")) is None
 
-    await _eventually(resolved, what="lease_expiring resolved")
+    await eventually(resolved, what="lease_expiring resolved")
     [alert] = await _alerts(db, "lease_expiring")
     assert alert["resolved_at"] is not None
 
@@ -456,7 +443,7 @@ async def test_renewing_past_the_notice_period_resolves_lease_expiring(lease_hub
 async def test_a_force_reclaim_resolves_lease_expiring(lease_hub, db):
     _, admin, tenant = lease_hub
     await _expiring_lease(admin, db, tenant)
-    await _eventually(lambda: _open(db, "lease_expiring"), what="lease_expiring raised")
+    await eventually(lambda: _open(db, "lease_expiring"), what="lease_expiring raised")
     await admin.ok("POST", f"{MACHINES}/m1/reclaim", {"reason": "done", "force": True})
     [alert] = await _alerts(db, "lease_expiring")
     assert alert["status"] == "resolved"
@@ -465,13 +452,13 @@ async def test_a_force_reclaim_resolves_lease_expiring(lease_hub, db):
 async def test_a_lease_being_reclaimed_is_no_longer_expiring(lease_hub, db):
     _, admin, tenant = lease_hub
     await _expiring_lease(admin, db, tenant)
-    await _eventually(lambda: _open(db, "lease_expiring"), what="lease_expiring raised")
+    await eventually(lambda: _open(db, "lease_expiring"), what="lease_expiring raised")
     await admin.ok("POST", f"{MACHINES}/m1/reclaim", {"reason": "not renewing"})
 
     async def resolved():
         return (await _open(db, "lease_expiring")) is None
 
-    await _eventually(resolved, what="lease_expiring resolved")
+    await eventually(resolved, what="lease_expiring resolved")
 
 
 # --- reclaim_stuck --------------------------------------------------------------------------
@@ -501,10 +488,10 @@ async def test_a_reclaim_the_agent_never_answers_times_out_and_raises_reclaim_st
     async def timed_out():
         return (await admin.ok("GET", f"/api/v1/jobs/{job_id}"))["status"] == "timeout"
 
-    await _eventually(timed_out, what="job timeout")
+    await eventually(timed_out, what="job timeout")
     assert await db.fetchval("SELECT status FROM allocations") == "reclaiming"
     assert await db.fetchval("SELECT allocation_status FROM machines") == "maintenance"
-    alert = await _eventually(lambda: _open(db, "reclaim_stuck"), what="reclaim_stuck")
+    alert = await eventually(lambda: _open(db, "reclaim_stuck"), what="reclaim_stuck")
     assert (alert["severity"], alert["status"], alert["details"]) == (
         "critical", "active", {"job_id": job_id})
     assert job_id in alert["message"]
@@ -513,7 +500,7 @@ async def test_a_reclaim_the_agent_never_answers_times_out_and_raises_reclaim_st
 async def test_a_force_reclaim_resolves_reclaim_stuck(reclaim_hub, db):
     _, admin, agent = reclaim_hub
     await _reclaim_sent(admin, agent)
-    await _eventually(lambda: _open(db, "reclaim_stuck"), what="reclaim_stuck")
+    await eventually(lambda: _open(db, "reclaim_stuck"), what="reclaim_stuck")
     await admin.ok("POST", f"{MACHINES}/m1/reclaim", {"reason": "agent gone", "force": True})
     [alert] = await _alerts(db, "reclaim_stuck")
     assert alert["status"] == "resolved" and alert["resolved_at"] is not None
@@ -554,7 +541,7 @@ async def test_a_timed_out_ssh_reset_raises_no_reclaim_stuck(reclaim_hub, accoun
     async def timed_out():
         return (await admin.ok("GET", f"/api/v1/jobs/{job_id}"))["status"] == "timeout"
 
-    await _eventually(timed_out, what="ssh reset timeout")
+    await eventually(timed_out, what="ssh reset timeout")
     await _more_runs(client.app[PERIODIC]["job_timeouts"], 2)
     assert await _alerts(db) == []
 
@@ -564,7 +551,7 @@ async def test_a_reclaim_not_yet_sent_to_the_agent_does_not_time_out(reclaim_hub
     job_id = (await admin.ok("POST", f"{MACHINES}/m1/reclaim", {"reason": "x"}))["task_id"]
     started = time.monotonic()
     job = client.app[PERIODIC]["job_timeouts"]
-    await _eventually(lambda: time.monotonic() - started > 1.0, what="past the job timeout")
+    await eventually(lambda: time.monotonic() - started > 1.0, what="past the job timeout")
     await _more_runs(job, 2)
     assert (await admin.ok("GET", f"/api/v1/jobs/{job_id}"))["status"] == "pending"
     assert await _alerts(db, "reclaim_stuck") == []

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import base64
 import hashlib
-import inspect
 import os
 import socket
 import struct
@@ -29,7 +28,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from api.keys import BUS, DASHBOARD_SOCKETS, FANOUT, INGEST, PERIODIC
 from hub import fanout as fanout_module
 from services.frames import MetricsFrame
-from tests.helpers import Api, call
+from tests.helpers import Api, call, eventually
 
 HEARTBEAT = "/api/v1/agent/heartbeat"
 MACHINES = "/api/v1/admin/machines"
@@ -53,17 +52,8 @@ def frame(*, utils: tuple[float, ...] = (50.0, 50.0), mems: tuple[float, ...] = 
                      for i, (util, mem) in enumerate(zip(utils, mems, strict=True))]}
 
 
-async def _eventually(predicate: Callable[[], Any], timeout_s: float = DEADLINE_S,
-                      what: str = "condition") -> Any:
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
-        await asyncio.sleep(0.02)
+async def _eventually(predicate, timeout_s: float = DEADLINE_S, what: str = "condition"):
+    return await eventually(predicate, timeout_s, what, poll_s=0.02)
 
 
 @pytest.fixture

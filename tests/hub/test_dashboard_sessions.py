@@ -7,7 +7,6 @@ close code after an accepted upgrade."""
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 import uuid
 from typing import Any
@@ -20,7 +19,7 @@ from aiohttp import WSMsgType
 from api.keys import DASHBOARD_SOCKETS, INGEST, SETTINGS, STATE
 from hub.protocol import FLOOD_LIMIT
 from services.tokens import AccessTokens
-from tests.helpers import Api, call, login
+from tests.helpers import Api, call, eventually, login
 
 WS = "/ws/connect"
 HEARTBEAT = "/api/v1/agent/heartbeat"
@@ -38,15 +37,7 @@ async def client(make_app, aiohttp_client):
 
 
 async def _eventually(predicate, timeout_s: float = DEADLINE_S, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
-        await asyncio.sleep(0.05)
+    return await eventually(predicate, timeout_s, what)
 
 
 def _frame() -> dict:

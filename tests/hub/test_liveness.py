@@ -5,14 +5,13 @@ back online and resolves the alert. Silence is measured with the hub's receive t
 from __future__ import annotations
 
 import asyncio
-import inspect
 import time
 from datetime import datetime
 
 import pytest
 
 from api.keys import INGEST, PERIODIC, REDIS_KEYS, STATE
-from tests.helpers import Api, call
+from tests.helpers import Api, call, eventually
 
 HEARTBEAT = "/api/v1/agent/heartbeat"
 TIMEOUT_S = 1.0
@@ -31,15 +30,7 @@ def frame(ts: float | None = None) -> dict:
 
 
 async def _eventually(predicate, timeout_s: float = DEADLINE_S, what: str = "condition"):
-    deadline = time.monotonic() + timeout_s
-    while True:
-        result = predicate()
-        if inspect.isawaitable(result):
-            result = await result
-        if result:
-            return result
-        assert time.monotonic() < deadline, f"{what} not reached within {timeout_s} s"
-        await asyncio.sleep(0.05)
+    return await eventually(predicate, timeout_s, what)
 
 
 async def _more_runs(job, runs: int) -> None:
