@@ -10,7 +10,7 @@ from datetime import datetime
 
 import pytest
 
-from api.keys import ALERTS, INGEST, PERIODIC, PG_POOL
+from api.keys import ALERTS, BUS, INGEST, PERIODIC, PG_POOL
 from tests.helpers import Api, call, eventually
 
 HEARTBEAT = "/api/v1/agent/heartbeat"
@@ -316,6 +316,8 @@ async def test_frames_received_by_another_process_are_evaluated_by_the_leader(
         second, first)
     admin = await Api.login(follower, await accounts.user("root-admin"))
     token = (await admin.machine("m1", gpu_count=2))["agent_token"]
+    # telemetry is published only once the follower has counted a listening peer
+    await eventually(lambda: follower.app[BUS].peers == 1, what="follower sees the leader")
     await Agent(follower, token).send(frame(disk_used=990, disk_total=1000))
 
     async def raised():
