@@ -21,7 +21,9 @@ import random
 import statistics
 import sys
 import time
+from collections import Counter
 from datetime import UTC, datetime
+from typing import Any
 
 import aiohttp
 import asyncpg
@@ -85,15 +87,18 @@ def make_frame(now: float, phase: float) -> dict:
 
 async def drive(hub: str, tokens: dict[str, str], interval: float, duration: float,
                 sent_at: dict[tuple[str, datetime], float] | None,
-                sampled: frozenset[str] = frozenset(), warmup: float = 0.0) -> dict[str, int]:
-    """Stream frames from every machine for ``duration`` seconds.
+                sampled: frozenset[str] = frozenset(), warmup: float = 0.0) -> dict[str, Any]:
+    """Stream frames from every machine for ``duration`` seconds once all are connected.
+    Counts frames sent per wall-clock second, so rates can be taken over the window in
+    which every client process was streaming (connecting thousands of sockets takes a while).
 
     One scheduler sends every machine's frame when it is due (each machine keeps a random
     phase within the interval): a task per machine that sleeps between frames would spend
     more CPU on wake-ups than on sending, on the same cores as the hub.
     """
     ws_url = hub.replace("http", "ws", 1) + "/ws/agent"
-    stats = {"sent": 0, "errors": 0, "connected": 0}
+    stats: dict[str, Any] = {"sent": 0, "errors": 0, "connected": 0}
+    per_second: Counter[int] = Counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         async def connect(machine_id: str, token: str) -> aiohttp.ClientWebSocketResponse | None:
@@ -112,6 +117,7 @@ async def drive(hub: str, tokens: dict[str, str], interval: float, duration: flo
         agents = [(machine_id, ws, random.random()) for machine_id, ws
                   in zip(tokens, sockets, strict=True) if ws is not None]
         start = time.monotonic()
+        stats["started"] = time.time()
         due = [start + random.random() * interval for _ in agents]
         stop_at = start + duration
         while (now := time.monotonic()) < stop_at:
@@ -128,8 +134,11 @@ async def drive(hub: str, tokens: dict[str, str], interval: float, duration: flo
                 if sent_at is not None and machine_id in sampled and now - start >= warmup:
                     sent_at[(machine_id, datetime.fromtimestamp(sent, UTC))] = sent
                 stats["sent"] += 1
+                per_second[int(sent)] += 1
             await asyncio.sleep(0.01)
+        stats["ended"] = time.time()
         await asyncio.gather(*(ws.close() for _, ws, _ in agents), return_exceptions=True)
+    stats["per_second"] = per_second
     return stats
 
 
@@ -186,11 +195,12 @@ async def main(args: argparse.Namespace) -> None:
     others = [dict(items[len(mine) + i * share: len(mine) + (i + 1) * share])
               for i in range(args.processes - 1)]
     frames_before = await scrape(args.hub, "remotegpu_ingest_frames_total")
-    conn = await asyncpg.connect(args.dsn)
-    t0 = datetime.now(UTC)
-    queue: multiprocessing.Queue = multiprocessing.Queue()
-    workers = [multiprocessing.Process(target=_worker, args=(args.hub, part, args.interval,
-                                                              args.duration, queue))
+    # spawn, not fork: a child forked from inside a running (uv)loop inherits its state,
+    # and such workers hung or lost their sockets under load.
+    spawn = multiprocessing.get_context("spawn")
+    queue: multiprocessing.Queue = spawn.Queue()
+    workers = [spawn.Process(target=_worker, args=(args.hub, part, args.interval,
+                                                    args.duration, queue))
                for part in others]
     for worker in workers:
         worker.start()
@@ -199,27 +209,36 @@ async def main(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     sampled = sorted(mine)[:SAMPLED_MACHINES]
     watcher = asyncio.create_task(watch_rows(args.dsn, sent_at, stop, delays, sampled))
-    started = time.monotonic()
-    stats = await drive(args.hub, mine, args.interval, args.duration, sent_at,
-                        frozenset(sampled), args.warmup)
-    elapsed = time.monotonic() - started
+    runs = [await drive(args.hub, mine, args.interval, args.duration, sent_at,
+                        frozenset(sampled), args.warmup)]
     await asyncio.sleep(3)  # let the last batches land
     stop.set()
     await watcher
-    for _ in workers:  # every result first: a worker cannot exit before its result is read
-        other = queue.get()
-        for key in stats:
-            stats[key] += other[key]
+    runs += [queue.get() for _ in workers]  # before join: a worker exits once read
     for worker in workers:
         worker.join()
     frames = await scrape(args.hub, "remotegpu_ingest_frames_total") - frames_before
-    rows = await conn.fetchval("SELECT count(*) FROM gpu_metrics WHERE time >= $1", t0)
+    # The window in which every client process streamed, in whole seconds, after warm-up.
+    first = int(max(run["started"] for run in runs) + args.warmup) + 1
+    last = int(min(run["ended"] for run in runs))
+    if last - first < 5:
+        sys.exit("no common streaming window: raise --duration or lower --warmup")
+    seconds = last - first
+    sent = sum(run["per_second"][s] for run in runs for s in range(first, last))
+    conn = await asyncpg.connect(args.dsn)
+    rows = await conn.fetchval("SELECT count(*) FROM gpu_metrics WHERE time >= $1 AND time < $2",
+                               datetime.fromtimestamp(first, UTC),
+                               datetime.fromtimestamp(last, UTC))
     await conn.close()
+    total = {key: sum(run[key] for run in runs) for key in ("sent", "errors", "connected")}
     delays.sort()
-    print(f"agents={args.agents} connected={stats['connected']} errors={stats['errors']} "
-          f"processes={args.processes} interval={args.interval}s duration={elapsed:.0f}s")
-    print(f"frames sent/s={stats['sent'] / elapsed:,.0f} accepted/s={frames / elapsed:,.0f}")
-    print(f"GPU samples written/s={rows / elapsed:,.0f} (total {rows:,})")
+    print(f"agents={args.agents} connected={total['connected']} errors={total['errors']} "
+          f"processes={args.processes} interval={args.interval}s")
+    print(f"whole run: frames sent={total['sent']:,} accepted by the hub={frames:,.0f}")
+    print(f"steady window ({seconds} s, every client streaming, after {args.warmup:g} s "
+          f"warm-up): frames sent/s={sent / seconds:,.0f} "
+          f"GPU samples written/s={rows / seconds:,.0f} "
+          f"({rows:,} of {sent * GPUS:,} sent in the window)")
     if delays:
         p50 = statistics.median(delays)
         p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
