@@ -40,7 +40,7 @@ async def heartbeat(request: web.Request, body: MetricsFrame) -> HeartbeatReply:
     agent = request[AGENT_IDENTITY]
     received = time.time()
     check_frame(body, now=received, gpu_count=agent.gpu_count)
-    request.app[INGEST].accept(agent.machine_id, body, received)
+    request.app[INGEST].accept(agent.machine_id, body.as_frame(), received)
     commands = await request.app[DISPATCHER].commands_for(agent.machine_id)
     return HeartbeatReply(commands=[Command(**c) for c in commands])
 

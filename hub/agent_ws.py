@@ -23,7 +23,7 @@ from hub.ingest import Ingest
 from hub.protocol import CLOSE_ABUSE, DEPENDENCY_ERRORS, Strikes, error_message
 from services.agents import AgentAuth, AgentIdentity
 from services.errors import ServiceError
-from services.frames import Hello, WsJobUpdate, WsMetrics, check_frame
+from services.frames import Hello, WsJobUpdate, checked_metrics
 from services.ids import JOB, parse_id
 from services.jobs import JobService
 
@@ -100,9 +100,8 @@ class AgentSockets:
         kind = data.get("type") if isinstance(data, dict) else None
         try:
             if kind == "metrics":
-                frame = WsMetrics.model_validate(data)
                 received = time.time()
-                check_frame(frame, now=received, gpu_count=agent.gpu_count)
+                frame = checked_metrics(data, now=received, gpu_count=agent.gpu_count)
                 self._ingest.accept(agent.machine_id, frame, received)
             elif kind == "job_update":
                 update = WsJobUpdate.model_validate(data)

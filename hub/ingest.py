@@ -16,42 +16,31 @@ from hub.state import LatestState, Sample
 from hub.writer import TelemetryWriter
 from services.alert_rules import Change, FrameRules
 from services.alerts import AlertService
-from services.frames import MetricsFrame
+from services.frames import Frame
 
 log = logging.getLogger(__name__)
 
 
-_HEALTH = ("xid_errors", "ecc_dbe", "remapped_rows_pending")
 WAKE_BATCH_S = 0.05
 
 
-def split_frame(machine_id: str, frame: MetricsFrame, received: float
+def split_frame(machine_id: str, frame: Frame, received: float
                 ) -> tuple[Sample, list[tuple], tuple]:
-    """The frame as the latest sample and as rows for gpu_metrics and machine_metrics,
-    in one pass over its GPUs (this runs for every frame)."""
-    time = datetime.fromtimestamp(frame.ts, UTC)
-    rows, gpus = [], []
-    util_sum = mem_sum = 0.0
-    for g in frame.gpus:
-        rows.append((time, machine_id, g.index, g.util, g.mem_used, g.mem_total, g.temp,
-                     g.power))
-        gpu = {"index": g.index, "util": g.util, "mem_used": g.mem_used,
-               "mem_total": g.mem_total, "temp": g.temp, "power": g.power}
-        for name in _HEALTH:
-            value = getattr(g, name)
-            if value is not None:
-                gpu[name] = value
-        gpus.append(gpu)
-        util_sum += g.util
-        mem_sum += g.mem_used
+    """The frame as the latest sample and as rows for gpu_metrics and machine_metrics
+    (this runs for every frame). The sample keeps the frame's GPU dicts."""
+    time = datetime.fromtimestamp(frame["ts"], UTC)
+    gpus = frame["gpus"]
+    rows = [(time, machine_id, g["index"], g["util"], g["mem_used"], g["mem_total"], g["temp"],
+             g["power"]) for g in gpus]
     sample = Sample(
-        machine_id=machine_id, ts=frame.ts, received=received, cpu_util=frame.cpu_util,
-        mem_used=frame.mem_used, mem_total=frame.mem_total, disk_used=frame.disk_used,
-        disk_total=frame.disk_total,
-        gpu_util=round(util_sum / len(gpus), 2) if gpus else None, gpu_mem=mem_sum, gpus=gpus,
+        machine_id=machine_id, ts=frame["ts"], received=received, cpu_util=frame["cpu_util"],
+        mem_used=frame["mem_used"], mem_total=frame["mem_total"],
+        disk_used=frame["disk_used"], disk_total=frame["disk_total"],
+        gpu_util=round(sum(row[3] for row in rows) / len(rows), 2) if rows else None,
+        gpu_mem=sum(row[4] for row in rows) if rows else 0.0, gpus=gpus,
     )
-    machine_row = (time, machine_id, frame.cpu_util, frame.mem_used, frame.mem_total,
-                   frame.disk_used, frame.disk_total)
+    machine_row = (time, machine_id, frame["cpu_util"], frame["mem_used"], frame["mem_total"],
+                   frame["disk_used"], frame["disk_total"])
     return sample, rows, machine_row
 
 
@@ -70,7 +59,7 @@ class Ingest:
         self._tasks: set[asyncio.Task[None]] = set()
         self.frames = 0
 
-    def accept(self, machine_id: str, frame: MetricsFrame, received: float) -> Sample:
+    def accept(self, machine_id: str, frame: Frame, received: float) -> Sample:
         sample, gpu_rows, machine_row = split_frame(machine_id, frame, received)
         self._writer.add(gpu_rows, machine_row)
         self._state.apply(sample)

@@ -10,6 +10,7 @@ unmarked only if nobody marked it again while it was being recomputed.
 from __future__ import annotations
 
 import logging
+from collections.abc import Collection
 from datetime import UTC, date, datetime, timedelta
 
 import asyncpg
@@ -51,7 +52,7 @@ class DirtyMinutes:
         self._key = keys.dirty_minutes()
         self._seq_key = keys.dirty_sequence()
 
-    async def mark(self, times: list[datetime]) -> None:
+    async def mark(self, times: Collection[datetime]) -> None:
         minutes = {int(t.timestamp()) // 60 * 60 for t in times}
         await self._redis.eval(_MARK, 2, self._key, self._seq_key, *sorted(minutes))
 

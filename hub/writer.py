@@ -13,7 +13,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Collection
 from contextlib import suppress
 from datetime import datetime
 
@@ -26,8 +26,8 @@ log = logging.getLogger(__name__)
 _BACKOFF_MAX_S = 5.0
 BACKLOG_FACTOR = 4
 
-# Called after each written batch with the sample times it contained.
-OnWritten = Callable[[list[datetime]], Awaitable[None]]
+# Called after each written batch with the distinct sample times it contained.
+OnWritten = Callable[[Collection[datetime]], Awaitable[None]]
 
 
 class TelemetryWriter:
@@ -148,6 +148,7 @@ class TelemetryWriter:
             self.last_batch_s = time.monotonic() - started
         if self._on_written is not None and gpu:
             try:
-                await self._on_written([row[0] for row in gpu])
+                # a frame's rows share one datetime: a set of them is cheap to build
+                await self._on_written({row[0] for row in gpu})
             except Exception:
                 log.warning("after-write hook failed", exc_info=True)

@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 import aiohttp
 import orjson
 import psutil
+from hub_process import hub_pid
 
 try:
     import uvloop
@@ -236,14 +237,6 @@ def _tick_totals(hub: str) -> dict[str, float]:
     return totals
 
 
-def _hub_pid(hub: str) -> int:
-    port = int(hub.rsplit(":", 1)[1].split("/")[0])
-    for conn in psutil.net_connections("tcp"):
-        if conn.status == psutil.CONN_LISTEN and conn.laddr.port == port and conn.pid:
-            return conn.pid
-    sys.exit(f"no process listens on port {port}; pass --hub-pid")
-
-
 def _rss(pid: int) -> int:
     return psutil.Process(pid).memory_info().rss
 
@@ -266,7 +259,7 @@ def main(args: argparse.Namespace) -> None:
     admins = round(args.subscribers * args.admin_share)
     tokens = [admin] * admins + [customers[i % len(customers)]
                                  for i in range(args.subscribers - admins)]
-    pid = args.hub_pid or _hub_pid(args.hub)
+    pid = args.hub_pid or hub_pid(args.hub)
     rss_before = _rss(pid)
     # Probes take every k-th token, so they hold admins and customers in the same mix.
     step = max(1, len(tokens) // args.probes) if args.probes else 0

@@ -28,6 +28,7 @@ from typing import Any
 import aiohttp
 import asyncpg
 import orjson
+from hub_process import cpu_seconds, hub_pid
 
 try:
     import uvloop
@@ -170,6 +171,13 @@ async def watch_rows(dsn: str, sent_at: dict[tuple[str, datetime], float], stop:
         await conn.close()
 
 
+async def watch_cpu(pid: int, stop: asyncio.Event, readings: dict[int, float]) -> None:
+    """The hub's CPU seconds used so far, as read at the start of each wall-clock second."""
+    while not stop.is_set():
+        readings.setdefault(int(time.time()), cpu_seconds(pid))
+        await asyncio.sleep(0.1)
+
+
 async def scrape(hub: str, name: str) -> float:
     async with aiohttp.ClientSession() as session, session.get(f"{hub}/metrics") as resp:
         for line in (await resp.text()).splitlines():
@@ -209,11 +217,13 @@ async def main(args: argparse.Namespace) -> None:
     stop = asyncio.Event()
     sampled = sorted(mine)[:SAMPLED_MACHINES]
     watcher = asyncio.create_task(watch_rows(args.dsn, sent_at, stop, delays, sampled))
+    cpu: dict[int, float] = {}
+    cpu_watcher = asyncio.create_task(watch_cpu(args.hub_pid or hub_pid(args.hub), stop, cpu))
     runs = [await drive(args.hub, mine, args.interval, args.duration, sent_at,
                         frozenset(sampled), args.warmup)]
     await asyncio.sleep(3)  # let the last batches land
     stop.set()
-    await watcher
+    await asyncio.gather(watcher, cpu_watcher)
     runs += [queue.get() for _ in workers]  # before join: a worker exits once read
     for worker in workers:
         worker.join()
@@ -238,7 +248,8 @@ async def main(args: argparse.Namespace) -> None:
     print(f"steady window ({seconds} s, every client streaming, after {args.warmup:g} s "
           f"warm-up): frames sent/s={sent / seconds:,.0f} "
           f"GPU samples written/s={rows / seconds:,.0f} "
-          f"({rows:,} of {sent * GPUS:,} sent in the window)")
+          f"({rows:,} of {sent * GPUS:,} sent in the window); "
+          f"hub CPU {(cpu[last] - cpu[first]) / seconds:.0%} of one core")
     if delays:
         p50 = statistics.median(delays)
         p99 = delays[min(len(delays) - 1, int(len(delays) * 0.99))]
@@ -259,6 +270,8 @@ if __name__ == "__main__":
     parser.add_argument("--duration", type=float, default=60)
     parser.add_argument("--processes", type=int, default=1,
                         help="client processes (the client competes with the hub for CPU)")
+    parser.add_argument("--hub-pid", type=int, default=None,
+                        help="the hub's pid, for its CPU use (default: found by its port)")
     parser.add_argument("--prefix", default="bench-")
     parser.add_argument("--warmup", type=float, default=10.0,
                         help="seconds after connecting before delays are recorded")

@@ -11,25 +11,10 @@ import pytest
 from aiohttp import WSMsgType
 
 from api.keys import AUDIT, INGEST, REDIS, REDIS_KEYS
+from tests.agent_frames import BAD_FRAMES, frame, gpu
 from tests.helpers import Api, call
 
 HEARTBEAT = "/api/v1/agent/heartbeat"
-
-
-def frame(**overrides):
-    body = {
-        "ts": time.time(), "cpu_util": 40.0, "mem_used": 120.5, "mem_total": 256,
-        "disk_used": 800, "disk_total": 2048,
-        "gpus": [{"index": i, "util": 80.0 + i, "mem_used": 12288, "mem_total": 24576,
-                  "temp": 66.0, "power": 310.5} for i in range(2)],
-    }
-    body.update(overrides)
-    return body
-
-
-def gpu(**overrides):
-    return {"index": 0, "util": 50.0, "mem_used": 100, "mem_total": 1000, "temp": 60.0,
-            "power": 100.0, **overrides}
 
 
 @pytest.fixture
@@ -105,30 +90,6 @@ async def test_hello_for_another_machine_is_refused(client, admin, agent_token, 
     assert await db.fetchval("SELECT count(*) FROM gpu_devices WHERE uuid IS NOT NULL") == 0
 
 
-# Each case: what is wrong, and the body that has it. None of them may be stored.
-BAD_FRAMES = {
-    "util above 100": frame(gpus=[gpu(util=100.5)]),
-    "negative util": frame(gpus=[gpu(util=-1)]),
-    "gpu memory used above total": frame(gpus=[gpu(mem_used=2000)]),
-    "zero gpu memory total": frame(gpus=[gpu(mem_total=0)]),
-    "absurd temperature": frame(gpus=[gpu(temp=400)]),
-    "negative power": frame(gpus=[gpu(power=-5)]),
-    "unknown gpu index": frame(gpus=[gpu(index=2)]),
-    "duplicate gpu index": frame(gpus=[gpu(), gpu()]),
-    "number as a string": frame(cpu_util="40"),
-    "bool as a number": frame(gpus=[gpu(util=True)]),
-    "gpus not a list": frame(gpus={"index": 0}),
-    "missing cpu_util": {k: v for k, v in frame().items() if k != "cpu_util"},
-    "host memory used above total": frame(mem_used=300),
-    "disk used above total": frame(disk_used=4096),
-    "ts more than a day old": frame(ts=time.time() - 25 * 3600),
-    "ts ten minutes ahead": frame(ts=time.time() + 600),
-    "ts not a number": frame(ts="2026-01-01T00:00:00Z"),
-    "negative xid count": frame(gpus=[gpu(xid_errors=-1)]),
-    "remapped rows not a bool": frame(gpus=[gpu(remapped_rows_pending="yes")]),
-}
-
-
 @pytest.mark.parametrize("case", list(BAD_FRAMES))
 async def test_bad_frame_over_http_is_40001_and_never_stored(client, agent_token, db, case):
     status, body = await call(client, "POST", HEARTBEAT, token=agent_token,
@@ -154,7 +115,8 @@ async def test_unknown_gpu_index_names_the_field(client, agent_token):
         {"field": "gpus[1].index", "message": "unknown GPU index: the machine has 2 GPUs"}]
 
 
-@pytest.mark.parametrize("case", ["util above 100", "unknown gpu index", "ts ten minutes ahead"])
+@pytest.mark.parametrize("case", ["util above 100", "unknown gpu index", "ts ten minutes ahead",
+                                  "gpu index as a float", "more gpus than the machine has"])
 async def test_bad_frame_on_the_socket_gets_an_error_and_the_socket_stays_open(
         client, agent_token, db, case):
     async with client.ws_connect("/ws/agent", headers={"Authorization":

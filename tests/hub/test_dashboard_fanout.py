@@ -279,7 +279,7 @@ async def test_several_frames_within_one_tick_make_one_update_per_machine(client
         # the agent's frames of one tick: accepted back to back, no tick can run between
         for cpu in range(1, 6):
             for machine_id in ("m1", "m2"):
-                body = MetricsFrame.model_validate(frame(cpu=float(cpu + 10 * burst)))
+                body = MetricsFrame.model_validate(frame(cpu=float(cpu + 10 * burst))).as_frame()
                 ingest.accept(machine_id, body, time.time())
         last = float(5 + 10 * burst)
         await a.wait_for(_update_of("m1", cpu_util=last), f"burst {burst} on m1", start)

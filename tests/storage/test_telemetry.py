@@ -12,7 +12,7 @@ import asyncio
 import math
 import time
 from collections import defaultdict
-from collections.abc import Iterable
+from collections.abc import Collection, Iterable
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -365,7 +365,7 @@ async def test_writer_splits_a_long_queue_into_batches(db):
 async def test_writer_reports_the_sample_times_it_wrote(db):
     written: list[datetime] = []
 
-    async def on_written(times: list[datetime]) -> None:
+    async def on_written(times: Collection[datetime]) -> None:
         written.extend(times)
 
     writer = TelemetryWriter(db, batch_rows=1000, flush_s=60, queue_rows=1000,
@@ -374,7 +374,7 @@ async def test_writer_reports_the_sample_times_it_wrote(db):
     writer.add(*frame_rows(late, "m1", 2))
     writer.add(*frame_rows(late + timedelta(minutes=1), "m1", 1))
     await writer.flush()
-    assert sorted(written) == [late, late, late + timedelta(minutes=1)]
+    assert sorted(written) == [late, late + timedelta(minutes=1)]  # each time once
 
 
 async def test_writer_drops_and_counts_frames_beyond_its_queue_bound(db):
