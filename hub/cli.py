@@ -36,6 +36,10 @@ log = logging.getLogger("remotegpu")
 # then costs a full collection. With 10,000 dashboard sockets (~1 M tracked objects) one
 # full collection stalls the loop for 0.3-0.8 s: every dashboard and agent waits.
 GC_THRESHOLDS = (50_000, 20, 10)
+# Thousands of agents and dashboards reconnect at once when a hub restarts. With aiohttp's
+# default backlog (128) the kernel drops the connection attempts beyond it and each waits
+# out SYN retransmits (1, 3, 7 s...). The kernel caps it at net.core.somaxconn.
+LISTEN_BACKLOG = 4096
 
 
 class CommandError(Exception):
@@ -158,6 +162,7 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         access_log=None,
         print=None,
         shutdown_timeout=settings.shutdown_grace_s,
+        backlog=LISTEN_BACKLOG,
         loop=loop,
     )
 

@@ -38,6 +38,9 @@ except ImportError:  # the benchmark still runs, only with a slower client
 GPUS = 8
 GPU_MEM_MIB = 81559
 SAMPLED_MACHINES = 100
+# Connection attempts in flight per client process: a real fleet does not dial in all at
+# once, and beyond the hub's accept queue attempts wait out SYN retransmits (1, 3, 7 s).
+CONNECTS_AT_ONCE = 500
 
 
 async def _login(session: aiohttp.ClientSession, hub: str, user: str, password: str) -> str:
@@ -86,6 +89,13 @@ def make_frame(now: float, phase: float) -> dict:
     }
 
 
+async def _read(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Reads what the hub sends, as an agent does: its pings are answered (a socket that
+    stays quiet while the others connect would be closed as dead) and its close is seen."""
+    async for _ in ws:
+        pass
+
+
 async def drive(hub: str, tokens: dict[str, str], interval: float, duration: float,
                 sent_at: dict[tuple[str, datetime], float] | None,
                 sampled: frozenset[str] = frozenset(), warmup: float = 0.0) -> dict[str, Any]:
@@ -102,10 +112,14 @@ async def drive(hub: str, tokens: dict[str, str], interval: float, duration: flo
     per_second: Counter[int] = Counter()
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
+        connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
+
         async def connect(machine_id: str, token: str) -> aiohttp.ClientWebSocketResponse | None:
             try:
-                ws = await session.ws_connect(ws_url, headers={"Authorization": f"Bearer {token}"},
-                                              compress=0, autoping=True)
+                async with connecting:
+                    ws = await session.ws_connect(
+                        ws_url, headers={"Authorization": f"Bearer {token}"}, compress=0,
+                        autoping=True)
             except (aiohttp.ClientError, OSError):
                 stats["errors"] += 1
                 return None
@@ -117,6 +131,7 @@ async def drive(hub: str, tokens: dict[str, str], interval: float, duration: flo
         sockets = await asyncio.gather(*(connect(m, t) for m, t in tokens.items()))
         agents = [(machine_id, ws, random.random()) for machine_id, ws
                   in zip(tokens, sockets, strict=True) if ws is not None]
+        readers = [asyncio.create_task(_read(ws)) for _, ws, _ in agents]
         start = time.monotonic()
         stats["started"] = time.time()
         due = [start + random.random() * interval for _ in agents]
@@ -139,6 +154,7 @@ async def drive(hub: str, tokens: dict[str, str], interval: float, duration: flo
             await asyncio.sleep(0.01)
         stats["ended"] = time.time()
         await asyncio.gather(*(ws.close() for _, ws, _ in agents), return_exceptions=True)
+        await asyncio.gather(*readers, return_exceptions=True)
     stats["per_second"] = per_second
     return stats
 

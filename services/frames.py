@@ -62,10 +62,6 @@ class MetricsFrame(Strict):
         return self.model_dump(exclude_none=True)
 
 
-class WsMetrics(MetricsFrame):
-    type: Literal["metrics"]
-
-
 class HelloGpu(Strict):
     index: int = Field(ge=0, le=MAX_GPUS - 1)
     uuid: str = Field(max_length=128)

@@ -105,7 +105,7 @@ def test_hello_describes_every_gpu():
 
 def test_the_hub_accepts_the_frames():
     # The hub's own models: catches drift between the simulator and the contract.
-    from services.frames import Hello, MetricsFrame, WsMetrics
+    from services.frames import Hello, MetricsFrame, checked_metrics
     from services.frames import check_frame as hub_check_frame
 
     spec = machine_spec("sim-", 3)
@@ -115,4 +115,5 @@ def test_the_hub_accepts_the_frames():
     for frame in _frames(sim, 50):
         hub_check_frame(MetricsFrame.model_validate(frame), now=time.time(),
                         gpu_count=spec.gpu_count)
-        WsMetrics.model_validate({"type": "metrics", **frame})
+        checked_metrics({"type": "metrics", **frame}, now=time.time(),
+                        gpu_count=spec.gpu_count)

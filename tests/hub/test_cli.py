@@ -13,6 +13,7 @@ import aiohttp
 import orjson
 import pytest
 
+from hub.cli import LISTEN_BACKLOG
 from services.passwords import PasswordHasher
 
 
@@ -118,6 +119,18 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+def _listen_backlog(port: int) -> int:
+    """The listening socket's accept queue limit (Send-Q of a listener in ss)."""
+    out = subprocess.run(["ss", "-ltnH", f"sport = :{port}"], capture_output=True, text=True,
+                         check=True).stdout.split()
+    return int(out[2])
+
+
+def _somaxconn() -> int:
+    with open("/proc/sys/net/core/somaxconn") as f:
+        return int(f.read())
+
+
 async def _wait_until_serving(session: aiohttp.ClientSession, base: str) -> None:
     for _ in range(100):
         try:
@@ -155,3 +168,17 @@ async def test_serve_answers_then_stops_cleanly_on_sigterm_writing_the_audit_tra
     assert [line["event_loop"] for line in lines if line["msg"] == "serving"] == ["uvloop"]
     written = "SELECT count(*) FROM audit_logs WHERE path = '/api/v1/auth/login'"
     assert await db.fetchval(written) == 1
+
+
+async def test_serve_listens_with_a_backlog_for_a_fleet_reconnecting_at_once(env, db):
+    port = _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub.cli", "serve", "--port", str(port), env=env,
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_until_serving(session, f"http://127.0.0.1:{port}")
+        assert _listen_backlog(port) == min(LISTEN_BACKLOG, _somaxconn())
+    finally:
+        proc.terminate()
+        await proc.wait()
