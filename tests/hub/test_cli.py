@@ -105,6 +105,17 @@ def test_missing_secret_outside_dev_mode_exits_2(env):
     assert result.returncode == 2 and "REMOTEGPU_JWT_SECRET" in result.stderr
 
 
+async def test_a_timescaledb_setting_contradicting_the_database_is_refused_in_one_line(env,
+                                                                                     db):
+    created_with = await db.fetchval("SELECT variant FROM schema_migrations WHERE version = 2")
+    setting, how = ("off", "with") if created_with == "timescaledb" else ("on", "without")
+    result = remotegpu({**env, "REMOTEGPU_TIMESCALEDB": setting}, "migrate")
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines() == [
+        f"remotegpu: REMOTEGPU_TIMESCALEDB={setting}, but this database's telemetry tables "
+        f"were created {how} TimescaleDB"]
+
+
 def test_unreachable_database_is_one_line(env):
     result = remotegpu({**env, "REMOTEGPU_DATABASE_URL": "postgresql://postgres@127.0.0.1:1/x"},
                        "migrate")

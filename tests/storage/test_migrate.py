@@ -8,7 +8,13 @@ import uuid
 import asyncpg
 import pytest
 
-from storage.migrate import MigrationError, load_migrations, migrate
+from storage.migrate import (
+    TELEMETRY_VERSION,
+    MigrationError,
+    choose_timescaledb,
+    load_migrations,
+    migrate,
+)
 from tests.conftest import ADMIN_DSN, _dsn_for
 
 
@@ -70,3 +76,52 @@ async def test_schema_enforces_one_open_allocation_per_machine(db):
     with pytest.raises(asyncpg.UniqueViolationError):
         await db.execute(insert, tenant)
 
+
+
+# --- REMOTEGPU_TIMESCALEDB: auto | on | off ---------------------------------------------------
+
+async def _offers_timescaledb(conn: asyncpg.Connection) -> bool:
+    return await conn.fetchval(
+        "SELECT EXISTS (SELECT 1 FROM pg_available_extensions WHERE name = 'timescaledb') "
+        "AND current_setting('shared_preload_libraries') LIKE '%timescaledb%'")
+
+
+@pytest.fixture
+async def fresh_conn(empty_database):
+    conn = await asyncpg.connect(empty_database)
+    yield conn
+    await conn.close()
+
+
+async def test_auto_uses_timescaledb_exactly_when_the_server_offers_it(fresh_conn):
+    assert await choose_timescaledb(fresh_conn, "auto") == await _offers_timescaledb(fresh_conn)
+
+
+async def test_off_uses_plain_postgresql_whatever_the_server_offers(fresh_conn):
+    assert await choose_timescaledb(fresh_conn, "off") is False
+
+
+async def test_on_refuses_a_server_without_the_extension(fresh_conn):
+    if await _offers_timescaledb(fresh_conn):
+        assert await choose_timescaledb(fresh_conn, "on") is True
+        return
+    with pytest.raises(MigrationError, match="does not offer the timescaledb extension"):
+        await choose_timescaledb(fresh_conn, "on")
+
+
+async def test_a_database_keeps_the_telemetry_variant_it_was_created_with(fresh_conn):
+    await migrate(fresh_conn, timescaledb=False)
+    assert await choose_timescaledb(fresh_conn, "auto") is False
+    with pytest.raises(MigrationError, match="created without TimescaleDB"):
+        await choose_timescaledb(fresh_conn, "on")
+
+
+async def test_off_refuses_a_database_created_with_timescaledb(fresh_conn):
+    await migrate(fresh_conn, timescaledb=False)
+    # as the record of a TimescaleDB migration reads (this server may lack the extension)
+    await fresh_conn.execute("UPDATE schema_migrations SET variant = 'timescaledb' "
+                             "WHERE version = $1", TELEMETRY_VERSION)
+    assert await choose_timescaledb(fresh_conn, "auto") is True
+    assert await choose_timescaledb(fresh_conn, "on") is True
+    with pytest.raises(MigrationError, match="created with TimescaleDB"):
+        await choose_timescaledb(fresh_conn, "off")
