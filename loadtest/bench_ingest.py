@@ -1,14 +1,15 @@
 """Ingest benchmark: N agents stream metrics frames over /ws/agent to a running hub.
 
-Prints frames sent and accepted per second, GPU samples per second that reached
-PostgreSQL, and p50/p99 delay from sending a frame to its row being visible. It speaks
+Prints, over the window in which every client process streams, frames sent per second,
+GPU samples per second that reached PostgreSQL and the hub's CPU; and p50/p99 delay from
+sending a frame to its row being visible. It speaks
 only the wire protocol (plus read-only SQL to see when rows land), so it can target any
 hub. Example (hub on :8080, its database reachable with --dsn):
 
     .venv/bin/python loadtest/bench_ingest.py --hub http://127.0.0.1:8080 \\
         --admin-user admin --admin-password "$(cat var/dev-admin-password)" \\
         --dsn postgresql://postgres@127.0.0.1:5432/remotegpu \\
-        --agents 2000 --interval 1 --duration 60 --processes 1
+        --agents 2000 --interval 1 --duration 60 --processes 2
 """
 
 from __future__ import annotations
@@ -113,6 +114,7 @@ async def drive(hub: str, tokens: dict[str, str], interval: float, duration: flo
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
 
         connecting = asyncio.Semaphore(CONNECTS_AT_ONCE)
+        readers: list[asyncio.Task[None]] = []
 
         async def connect(machine_id: str, token: str) -> aiohttp.ClientWebSocketResponse | None:
             try:
@@ -126,12 +128,12 @@ async def drive(hub: str, tokens: dict[str, str], interval: float, duration: flo
             await ws.send_str(orjson.dumps({"type": "hello", "machine_id": machine_id,
                                             "gpus": []}).decode())
             stats["connected"] += 1
+            readers.append(asyncio.create_task(_read(ws)))
             return ws
 
         sockets = await asyncio.gather(*(connect(m, t) for m, t in tokens.items()))
         agents = [(machine_id, ws, random.random()) for machine_id, ws
                   in zip(tokens, sockets, strict=True) if ws is not None]
-        readers = [asyncio.create_task(_read(ws)) for _, ws, _ in agents]
         start = time.monotonic()
         stats["started"] = time.time()
         due = [start + random.random() * interval for _ in agents]
