@@ -33,14 +33,18 @@ class HeartbeatReply(BaseModel):
 @routes.post("/api/v1/agent/heartbeat", access=AGENT, audited=False,
              summary="Report metrics; receive pending commands", body=MetricsFrame,
              response=HeartbeatReply,
+             errors=(ErrorCode.UNAVAILABLE,),
              description="Every 5-10 s. `ts` must lie within the last 24 h and at most 5 min "
                          "ahead; GPU indexes must exist on the machine. A rejected frame is "
-                         "never stored.")
+                         "never stored. 503 with `Retry-After` while the hub's write queue is "
+                         "full or it shuts down: keep the frame and send it again then.")
 async def heartbeat(request: web.Request, body: MetricsFrame) -> HeartbeatReply:
     agent = request[AGENT_IDENTITY]
+    ingest = request.app[INGEST]
+    ingest.admit(agent.machine_id)
     received = time.time()
     check_frame(body, now=received, gpu_count=agent.gpu_count)
-    request.app[INGEST].accept(agent.machine_id, body.as_frame(), received)
+    ingest.accept(agent.machine_id, body.as_frame(), received)
     commands = await request.app[DISPATCHER].commands_for(agent.machine_id)
     return HeartbeatReply(commands=[Command(**c) for c in commands])
 

@@ -4,13 +4,16 @@ real-time hub and the HTTP layer. Tests build the app with this same function.""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
+import time
 import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from functools import partial
 from importlib import metadata
 
 import aiohttp_jinja2
+import asyncpg
 import jinja2
 from aiohttp import web
 
@@ -46,17 +49,21 @@ from api.keys import (
     IMPORTS,
     INGEST,
     JOBS,
+    LIVENESS,
     MACHINES,
     METRICS,
     OPENAPI,
     PERIODIC,
     PG_POOL,
+    READINESS,
     REDIS,
     REDIS_KEYS,
     SETTINGS,
+    SHUTDOWN,
     STATE,
     TELEMETRY,
     TENANT_MACHINES,
+    TIMESCALE_JOBS,
     TIMESCALEDB,
     TOPICS,
 )
@@ -64,13 +71,16 @@ from api.metrics import HttpMetrics
 from api.middlewares import audit as audit_middleware
 from api.middlewares import authenticate, authorize, error_middleware, trace
 from api.openapi import build_document
+from api.readiness import ReadinessProbes
 from api.routing import Routes, check_all_declared
+from api.shutdown import SOCKETS_SHARE, ShutdownClock
 from hub.agent_ws import CLOSE_UNAUTHENTICATED, AgentSockets
 from hub.bus import TELEMETRY as TELEMETRY_CHANNEL
 from hub.bus import Bus
 from hub.dashboards import SEAT_LAPSE_S, DashboardSockets
 from hub.dispatcher import Dispatcher
 from hub.fanout import Fanout
+from hub.flow import IngestFlow
 from hub.heartbeats import HeartbeatSink
 from hub.ingest import Ingest
 from hub.monitor import Liveness
@@ -90,11 +100,12 @@ from services.auth import AuthService
 from services.customers import CustomerService
 from services.dashboard import DashboardService
 from services.imports import ImportService
+from services.job_events import machine_status
 from services.jobs import JobService
 from services.machines import MachineService
 from services.passwords import PasswordHasher
 from services.settings import Settings
-from services.telemetry import TelemetryService
+from services.telemetry import TelemetryService, TimescaleJobs
 from services.tenant_machines import TenantMachineService
 from services.tokens import AccessTokens
 from storage import alerts as alert_store
@@ -113,9 +124,16 @@ RESOURCES: tuple[Routes, ...] = (
     audit.routes, ops.routes, docs.routes, dashboard_socket.routes,
 )
 _POOL_CLOSE_TIMEOUT_S = 5.0
+_PERIODIC_STOP_SHARE = 0.1
+_FOLLOW_UPS_SHARE = 0.1
+_AFTER_WRITER_S = 1.0  # what the last stages (audit, pools) get after the telemetry writer
 DISPATCH_REFRESH_S = 5.0
 PARTITION_INTERVAL_S = 3600.0
+TIMESCALE_JOBS_CHECK_S = 60.0
+PREFIX_CLAIM_S = 30.0
 WRITER_CONNECTIONS = 2
+# A COPY is sent again after this (each sample is stored once however often it is sent).
+WRITE_TIMEOUT_S = 30.0
 
 
 def version() -> str:
@@ -135,9 +153,10 @@ def create_app(settings: Settings) -> web.Application:
     )
     app[SETTINGS] = settings
     app[METRICS] = HttpMetrics()
+    app[SHUTDOWN] = ShutdownClock(settings.shutdown_grace_s)
     app.cleanup_ctx.extend([_postgres, _redis, _bus, _services, _audit_trail, _realtime,
                             _dashboards, _periodic_jobs])
-    app.on_shutdown.append(_close_dashboards)
+    app.on_shutdown.append(_close_sockets)
     endpoints = []
     for resource in RESOURCES:
         app.add_routes(resource.table)
@@ -151,13 +170,25 @@ def create_app(settings: Settings) -> web.Application:
 async def _postgres(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool = await db.create_pool(settings.database_url, min_size=settings.db_pool_min,
-                                max_size=settings.db_pool_max)
+                                max_size=settings.db_pool_max, **_db_timeouts(settings))
     app[PG_POOL] = pool
     async with pool.acquire() as conn:
         app[TIMESCALEDB] = await applied_telemetry_variant(conn) == "timescaledb"
     yield
+    await _close_pool(pool, app[SHUTDOWN])
+    log.info("shutdown complete", extra={"took_s": round(app[SHUTDOWN].elapsed(), 3)})
+
+
+def _db_timeouts(settings: Settings) -> dict[str, float]:
+    return {"connect_timeout_s": settings.db_connect_timeout_s,
+            "command_timeout_s": settings.db_command_timeout_s,
+            "acquire_timeout_s": settings.db_acquire_timeout_s}
+
+
+async def _close_pool(pool: asyncpg.Pool, clock: ShutdownClock) -> None:
     try:
-        await asyncio.wait_for(pool.close(), _POOL_CLOSE_TIMEOUT_S)
+        async with asyncio.timeout(min(clock.left(), _POOL_CLOSE_TIMEOUT_S)):
+            await pool.close()
     except TimeoutError:
         pool.terminate()
 
@@ -166,8 +197,17 @@ async def _redis(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     client = cache.create_client(settings.redis_url,
                                  max_connections=settings.redis_max_connections)
-    app[REDIS] = client
-    app[REDIS_KEYS] = cache.Keys(settings.redis_prefix)
+    keys = cache.Keys(settings.redis_prefix)
+    app[REDIS], app[REDIS_KEYS] = client, keys
+    owner = await db.database_identity(app[PG_POOL])
+    try:
+        await cache.claim_prefix(client, keys, owner)
+    except BaseException:
+        await client.aclose()
+        raise
+    # Redis may lose the claim with its data: every process claims it again now and then.
+    app[PERIODIC] = {"redis_prefix": Periodic(
+        "redis_prefix", PREFIX_CLAIM_S, partial(cache.claim_prefix, client, keys, owner))}
     yield
     await client.aclose()
 
@@ -219,24 +259,28 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[TENANT_MACHINES] = TenantMachineService(pool, bus)
     app[AGENT_AUTH] = AgentAuth(pool)
     app[TELEMETRY] = TelemetryService(pool, app[REDIS], keys, timescaledb=app[TIMESCALEDB],
-                                      heartbeat_timeout_s=settings.heartbeat_timeout_s)
+                                      heartbeat_timeout_s=settings.heartbeat_timeout_s,
+                                      known=app[STATE].knows)
+    app[READINESS] = ReadinessProbes(pool, app[REDIS])
     yield
     hasher.close()
 
 
 async def _audit_trail(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
-    trail = AuditTrail(app[PG_POOL], flush_interval_s=settings.audit_flush_interval_s,
+    trail = AuditTrail(app[PG_POOL], retry_interval_s=settings.audit_flush_interval_s,
                        queue_max=settings.audit_queue_max)
     app[AUDIT] = trail
     metrics = app[METRICS]
-    metrics.gauge("remotegpu_audit_pending", "audit records waiting to be written",
-                  lambda: trail.pending)
-    metrics.counter("remotegpu_audit_dropped", "audit records dropped (queue full)",
-                    lambda: trail.dropped)
+    metrics.gauge("remotegpu_audit_pending", "audit records PostgreSQL could not take yet, "
+                  "queued for retries", lambda: trail.pending)
+    metrics.gauge("remotegpu_audit_queue_max", "audit records the retry queue holds; at it, "
+                  "writes are refused with 503", lambda: trail.queue_max)
+    metrics.counter("remotegpu_audit_dropped", "audit records PostgreSQL refused (never "
+                    "storable)", lambda: trail.dropped)
     trail.start()
     yield
-    await trail.close(settings.shutdown_grace_s)
+    await trail.close(app[SHUTDOWN].left())
 
 
 def _monitor_lock(app: web.Application, name: str, interval_s: float) -> LeaderLock:
@@ -248,17 +292,23 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
     settings, pool, bus, state = app[SETTINGS], app[PG_POOL], app[BUS], app[STATE]
     state.load(await machine_store.all_states(pool))
     for sample in await cache.latest_samples(app[REDIS], app[REDIS_KEYS]):
-        state.apply(Sample.from_dict(sample))
+        if sample["machine_id"] in state.machines:  # not a machine deleted meanwhile
+            state.apply(Sample.from_dict(sample))
     dirty = None if app[TIMESCALEDB] else DirtyMinutes(app[REDIS], app[REDIS_KEYS])
     # Its own connections: a burst of other queries must never stall the ingest.
     writer_pool = await db.create_pool(settings.database_url, min_size=1,
-                                       max_size=WRITER_CONNECTIONS, relaxed_durability=True)
+                                       max_size=WRITER_CONNECTIONS, relaxed_durability=True,
+                                       **_db_timeouts(settings))
+    flow = IngestFlow(high_water=settings.ingest_high_water_rows,
+                      low_water=settings.ingest_high_water_rows // 2)
     writer = TelemetryWriter(writer_pool, batch_rows=settings.ingest_batch_rows,
                              flush_s=settings.ingest_flush_s,
-                             queue_rows=settings.ingest_queue_rows,
-                             on_written=dirty.mark if dirty else None)
+                             queue_rows=settings.ingest_queue_rows, flow=flow,
+                             on_written=dirty.mark if dirty else None,
+                             write_timeout_s=WRITE_TIMEOUT_S)
     sink = HeartbeatSink(app[REDIS], app[REDIS_KEYS], bus, flush_s=settings.redis_flush_s,
-                         heartbeat_ttl_s=int(max(settings.heartbeat_timeout_s * 4, 120)))
+                         heartbeat_ttl_s=int(max(settings.heartbeat_timeout_s * 4, 120)),
+                         held=lambda: flow.waiting)
     rules = FrameRules(temp_c=settings.alert_gpu_temp_c,
                        temp_samples=settings.alert_gpu_temp_samples,
                        disk_pct=settings.alert_disk_pct)
@@ -267,13 +317,15 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
                         timeout_s=settings.heartbeat_timeout_s)
     monitor = Periodic("liveness", settings.monitor_interval_s, liveness.scan,
                        _monitor_lock(app, "liveness", settings.monitor_interval_s))
-    ingest = Ingest(state=state, writer=writer, sink=sink, rules=rules, alerts=app[ALERTS],
-                    leading=lambda: monitor.leading, came_online=liveness.came_online)
+    ingest = Ingest(state=state, writer=writer, flow=flow, sink=sink, rules=rules,
+                    alerts=app[ALERTS], leading=lambda: monitor.leading,
+                    came_online=liveness.came_online)
     dispatcher = Dispatcher(app[JOBS])
     sockets = AgentSockets(ingest=ingest, dispatcher=dispatcher, jobs=app[JOBS],
-                           auth=app[AGENT_AUTH])
+                           auth=app[AGENT_AUTH], ping_interval_s=settings.ws_ping_interval_s)
     app[INGEST], app[DISPATCHER], app[AGENT_SOCKETS] = ingest, dispatcher, sockets
-    app[PERIODIC] = {"liveness": monitor}
+    app[LIVENESS] = liveness
+    app[PERIODIC]["liveness"] = monitor
 
     bus.subscribe(events.MACHINE_DELETED, lambda data: _forget(app, rules, data["machine_id"]))
     bus.subscribe(events.JOB_QUEUED, dispatcher.on_job_queued)
@@ -284,13 +336,16 @@ async def _realtime(app: web.Application) -> AsyncIterator[None]:
 
     writer.start()
     sink.start()
+    sockets.start()
     yield
-    await sockets.close_all()
+    await sockets.close_all(0)  # normally done at shutdown already
+    await sockets.stop()
     await dispatcher.stop()
-    await ingest.drain()
+    await ingest.drain(app[SHUTDOWN].left(_FOLLOW_UPS_SHARE))
     await sink.close()
-    await writer.close(settings.shutdown_grace_s)
-    await writer_pool.close()
+    # the writer may keep trying up to the last second: rows are what matters most
+    await writer.close(app[SHUTDOWN].left() - _AFTER_WRITER_S)
+    await _close_pool(writer_pool, app[SHUTDOWN])
 
 
 async def _dashboards(app: web.Application) -> AsyncIterator[None]:
@@ -306,12 +361,15 @@ async def _dashboards(app: web.Application) -> AsyncIterator[None]:
         ticks.labels(kind).observe(took_s)
         lag[kind] = late_s
 
+    seats = DashboardSeats(app[REDIS], app[REDIS_KEYS],
+                           process_id=settings.instance_id or uuid.uuid4().hex,
+                           lapse_s=SEAT_LAPSE_S)
+    await seats.release_all()  # of a predecessor killed before it could
     topics = Topics(app[STATE], fanout, snapshot_interval_s=settings.snapshot_interval_s,
                     update_interval_s=settings.tenant_update_interval_s, observe=observe)
     sockets = DashboardSockets(
         auth=app[AUTH], fanout=fanout, topics=topics,
-        seats=DashboardSeats(app[REDIS], app[REDIS_KEYS], process_id=uuid.uuid4().hex,
-                             lapse_s=SEAT_LAPSE_S),
+        seats=seats,
         max_connections=settings.ws_max_connections,
         max_per_user=settings.ws_max_connections_per_user,
         allowed_origins=settings.ws_allowed_origins, auth_timeout_s=settings.ws_auth_timeout_s,
@@ -347,9 +405,24 @@ async def _dashboards(app: web.Application) -> AsyncIterator[None]:
     await topics.stop()
 
 
-async def _close_dashboards(app: web.Application) -> None:
-    """SIGTERM: the site has stopped accepting; every dashboard is closed with 1001."""
-    await app[DASHBOARD_SOCKETS].close_all(app[SETTINGS].shutdown_grace_s)
+async def _close_sockets(app: web.Application) -> None:
+    """SIGTERM: the site has stopped accepting; every agent and dashboard gets 1001 now."""
+    clock = app[SHUTDOWN]
+    clock.start()
+    log.info("shutting down", extra={"grace_s": clock.grace_s,
+                                     "agent_sockets": app[AGENT_SOCKETS].count,
+                                     "dashboards": app[DASHBOARD_SOCKETS].count})
+    await asyncio.gather(app[AGENT_SOCKETS].close_all(clock.left(SOCKETS_SHARE)),
+                         app[DASHBOARD_SOCKETS].close_all(clock.left(SOCKETS_SHARE)))
+
+
+async def _resync_state(app: web.Application) -> None:
+    """Every process: machine states newer in PostgreSQL than in memory (an event lost
+    while Redis was away, or sent before this process listened) are applied, and told to
+    this process's dashboards."""
+    now = time.time()
+    for row in await machine_store.all_states(app[PG_POOL]):
+        app[TOPICS].on_machine_status(machine_status(row, now))
 
 
 def _forget(app: web.Application, rules: FrameRules, machine_id: str) -> None:
@@ -361,8 +434,8 @@ def _forget(app: web.Application, rules: FrameRules, machine_id: str) -> None:
 
 def _token_rotated(app: web.Application, data: dict[str, str]) -> None:
     app[AGENT_AUTH].forget(data["machine_id"])
-    asyncio.get_running_loop().create_task(app[AGENT_SOCKETS].close_machine(
-        data["machine_id"], CLOSE_UNAUTHENTICATED, "agent token rotated"))
+    app[AGENT_SOCKETS].close_machine(data["machine_id"], CLOSE_UNAUTHENTICATED,
+                                     "agent token rotated")
 
 
 def _register_ingest_metrics(app: web.Application, ingest: Ingest, writer: TelemetryWriter,
@@ -371,10 +444,31 @@ def _register_ingest_metrics(app: web.Application, ingest: Ingest, writer: Telem
     metrics.counter("remotegpu_ingest_frames", "metrics frames accepted", lambda: ingest.frames)
     metrics.counter("remotegpu_ingest_rows_written", "telemetry rows written to PostgreSQL",
                     lambda: writer.rows_written)
-    metrics.counter("remotegpu_ingest_rows_dropped", "telemetry rows dropped because the "
-                    "write queue was full", lambda: writer.rows_dropped)
+    metrics.counter("remotegpu_ingest_rows_dropped", "telemetry rows taken but never "
+                    "written (shutdown's deadline passed first)", lambda: writer.rows_dropped)
+    metrics.counter("remotegpu_ingest_rows_refused", "telemetry rows refused (queue at its "
+                    "bound, or shutting down): the agent was told", lambda: writer.rows_refused)
+    metrics.counter("remotegpu_ingest_rows_duplicate", "telemetry rows not stored because "
+                    "they were stored already (retried batches, frames sent twice)",
+                    lambda: writer.duplicates)
     metrics.gauge("remotegpu_ingest_rows_queued", "telemetry rows waiting to be written",
                   lambda: writer.queued)
+    metrics.gauge("remotegpu_ingest_queue_high_water_rows", "queue depth at which agents "
+                  "stop being read (raised to the bound while PostgreSQL is unreachable)",
+                  lambda: writer.high_water)
+    metrics.gauge("remotegpu_ingest_queue_low_water_rows", "queue depth at which agents are "
+                  "read again", lambda: writer.low_water)
+    metrics.gauge("remotegpu_ingest_flow_open", "1 while agents are read, 0 while the write "
+                  "queue holds them back", lambda: float(ingest.flow.is_open))
+    metrics.counter("remotegpu_ingest_flow_closings", "times the write queue passed its "
+                    "high-water mark", lambda: ingest.flow.closings)
+    metrics.counter("remotegpu_ingest_flow_closed_seconds", "time agents were held back",
+                    lambda: ingest.flow.closed_seconds)
+    metrics.gauge("remotegpu_ingest_agents_held", "agent sockets waiting for the write "
+                  "queue", lambda: len(ingest.flow.waiting))
+    metrics.counter("remotegpu_ingest_frames_refused", "metrics frames refused for want of "
+                    "room (HTTP 503, or an unavailable error on the socket)",
+                    lambda: ingest.refused)
     metrics.counter("remotegpu_ingest_batches", "COPY batches written", lambda: writer.batches)
     metrics.counter("remotegpu_ingest_write_failures", "COPY batches that failed (retried)",
                     lambda: writer.failures)
@@ -386,6 +480,8 @@ def _register_ingest_metrics(app: web.Application, ingest: Ingest, writer: Telem
                   lambda: sockets.count)
     metrics.counter("remotegpu_agent_bad_messages", "agent messages rejected",
                     lambda: sockets.bad_messages)
+    metrics.counter("remotegpu_agent_sockets_dead", "agent sockets dropped for not "
+                    "answering pings", lambda: sockets.dead)
 
 
 async def _periodic_jobs(app: web.Application) -> AsyncIterator[None]:
@@ -406,7 +502,19 @@ async def _periodic_jobs(app: web.Application) -> AsyncIterator[None]:
                                       jobs_.time_out_overdue)
     periodic["dispatch_refresh"] = Periodic("dispatch_refresh", DISPATCH_REFRESH_S,
                                             app[DISPATCHER].refresh)
-    if not app[TIMESCALEDB]:
+    periodic["state_resync"] = Periodic("state_resync", settings.monitor_interval_s,
+                                        partial(_resync_state, app))
+    if app[TIMESCALEDB]:
+        jobs = app[TIMESCALE_JOBS] = TimescaleJobs(app[PG_POOL])
+        periodic["timescaledb_jobs"] = Periodic("timescaledb_jobs", TIMESCALE_JOBS_CHECK_S,
+                                                jobs.refresh)
+        app[METRICS].gauge("remotegpu_timescaledb_jobs_failing", "TimescaleDB jobs whose "
+                           "last run failed", lambda: len(jobs.failing))
+        app[METRICS].gauges("remotegpu_timescaledb_job_failed", "1 when the TimescaleDB job's "
+                            "last run failed", "job", jobs.failed_by_job)
+        with contextlib.suppress(*db.UNAVAILABLE_ERRORS):
+            await jobs.refresh()
+    else:
         maintenance = TelemetryMaintenance(
             app[PG_POOL], DirtyMinutes(app[REDIS], app[REDIS_KEYS]),
             retention_days=settings.retention_days)
@@ -419,5 +527,5 @@ async def _periodic_jobs(app: web.Application) -> AsyncIterator[None]:
                              lambda job=job: job.runs)
         job.start()
     yield
-    for job in periodic.values():
-        await job.stop()
+    await asyncio.gather(*(job.stop(app[SHUTDOWN].left(_PERIODIC_STOP_SHARE))
+                           for job in periodic.values()))

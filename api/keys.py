@@ -7,12 +7,15 @@ import redis.asyncio as redis
 from aiohttp import web
 
 from api.metrics import HttpMetrics
+from api.readiness import ReadinessProbes
+from api.shutdown import ShutdownClock
 from hub.agent_ws import AgentSockets
 from hub.bus import Bus
 from hub.dashboards import DashboardSockets
 from hub.dispatcher import Dispatcher
 from hub.fanout import Fanout
 from hub.ingest import Ingest
+from hub.monitor import Liveness
 from hub.periodic import Periodic
 from hub.state import LatestState
 from hub.topics import Topics
@@ -27,7 +30,7 @@ from services.imports import ImportService
 from services.jobs import JobService
 from services.machines import MachineService
 from services.settings import Settings
-from services.telemetry import TelemetryService
+from services.telemetry import TelemetryService, TimescaleJobs
 from services.tenant_machines import TenantMachineService
 from storage.cache import Keys
 
@@ -52,6 +55,7 @@ ALERTS = web.AppKey("alerts", AlertService)
 TELEMETRY = web.AppKey("telemetry", TelemetryService)
 AGENT_AUTH = web.AppKey("agent_auth", AgentAuth)
 INGEST = web.AppKey("ingest", Ingest)
+LIVENESS = web.AppKey("liveness", Liveness)
 DISPATCHER = web.AppKey("dispatcher", Dispatcher)
 AGENT_SOCKETS = web.AppKey("agent_sockets", AgentSockets)
 DASHBOARD_SOCKETS = web.AppKey("dashboard_sockets", DashboardSockets)
@@ -59,6 +63,9 @@ FANOUT = web.AppKey("fanout", Fanout)
 TOPICS = web.AppKey("topics", Topics)
 METRICS = web.AppKey("metrics", HttpMetrics)
 OPENAPI = web.AppKey("openapi", dict)
+SHUTDOWN = web.AppKey("shutdown", ShutdownClock)
+READINESS = web.AppKey("readiness", ReadinessProbes)
+TIMESCALE_JOBS = web.AppKey("timescale_jobs", TimescaleJobs)
 
 TRACE_ID = web.RequestKey("trace_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

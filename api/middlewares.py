@@ -12,6 +12,7 @@ principal that ``authenticate`` stored on the request after the inner layers ret
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import re
@@ -38,7 +39,14 @@ from api.keys import (
 )
 from api.routing import AGENT, PUBLIC, endpoint_of
 from services.audit import clean_text, redact
-from services.errors import ErrorCode, Forbidden, RateLimited, ServiceError, Unauthenticated
+from services.errors import (
+    ErrorCode,
+    Forbidden,
+    Overloaded,
+    RateLimited,
+    ServiceError,
+    Unauthenticated,
+)
 from services.logs import trace_id_var
 from storage.audit import AuditRecord
 
@@ -46,6 +54,7 @@ log = logging.getLogger("remotegpu.http")
 
 Middleware = Callable[[web.Request, Handler], Awaitable[web.StreamResponse]]
 
+CANCELLED = 499
 _SANE_REQUEST_ID = re.compile(r"^[A-Za-z0-9._-]{1,64}$")
 _WRITE_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
@@ -81,6 +90,11 @@ async def trace(request: web.Request, handler: Handler) -> web.StreamResponse:
         if not response.prepared:
             response.headers["X-Trace-Id"] = trace_id
         return response
+    except asyncio.CancelledError:
+        # The client went away, or shutdown's grace ran out: no response was sent. 499 as
+        # nginx logs it, not a 500 the client never saw.
+        status = CANCELLED
+        raise
     finally:
         elapsed = time.perf_counter() - started
         request.app[METRICS].observe(request.method, _route_label(request), status, elapsed)
@@ -93,27 +107,36 @@ async def trace(request: web.Request, handler: Handler) -> web.StreamResponse:
 
 @web.middleware
 async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Every write's record is committed before its response goes out. While the trail
+    cannot keep records (PostgreSQL away and its queue full), writes are refused before
+    they run: nothing changes without its record."""
+    endpoint = endpoint_of(request)
+    if request.method not in _WRITE_METHODS or (endpoint is not None and not endpoint.audited):
+        return await handler(request)
+    trail = request.app[AUDIT]
+    if not trail.accepting:
+        return error_response(request, ErrorCode.UNAVAILABLE, "the audit trail cannot keep "
+                              "records now; the request was not run",
+                              {"dependency": "database"}, {"Retry-After": "5"})
     started = time.perf_counter()
     when = datetime.now(UTC)
     response = await handler(request)
-    endpoint = endpoint_of(request)
-    if request.method in _WRITE_METHODS and (endpoint is None or endpoint.audited):
-        body = await _audit_body(request)
-        principal = request.get(PRINCIPAL)
-        username = principal.username if principal else _claimed_username(body)
-        request.app[AUDIT].record(AuditRecord(
-            created_at=when,
-            user_id=principal.user_id if principal else None,
-            username=username,
-            tenant_id=principal.tenant_id if principal else None,
-            ip=client_ip(request),
-            method=request.method,
-            path=clean_text(request.path),
-            body=body,
-            status=response.status,
-            trace_id=request[TRACE_ID],
-            duration_ms=round((time.perf_counter() - started) * 1000, 3),
-        ))
+    body = await _audit_body(request)
+    principal = request.get(PRINCIPAL)
+    username = principal.username if principal else _claimed_username(body)
+    await trail.write(AuditRecord(
+        created_at=when,
+        user_id=principal.user_id if principal else None,
+        username=username,
+        tenant_id=principal.tenant_id if principal else None,
+        ip=client_ip(request),
+        method=request.method,
+        path=clean_text(request.path),
+        body=body,
+        status=response.status,
+        trace_id=request[TRACE_ID],
+        duration_ms=round((time.perf_counter() - started) * 1000, 3),
+    ))
     return response
 
 
@@ -145,7 +168,7 @@ def error_middleware(unavailable: dict[type[BaseException], str]) -> Middleware:
             return await handler(request)
         except ServiceError as exc:
             headers = None
-            if isinstance(exc, RateLimited):
+            if isinstance(exc, RateLimited | Overloaded):
                 headers = {"Retry-After": str(exc.retry_after_s)}
             return error_response(request, exc.code, exc.message, exc.data, headers)
         except web.HTTPException as exc:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import getpass
 import logging
 import os
+import socket
 import sys
 from collections.abc import Sequence
 
@@ -21,12 +23,14 @@ except ImportError:  # a platform without uvloop (Windows): the standard loop
 
 from agent_mock import cli as agent_mock_cli
 from api.app import create_app
+from api.shutdown import REQUESTS_SHARE
 from services import logs
 from services.accounts import create_admin
 from services.errors import ServiceError
 from services.passwords import PasswordHasher
 from services.settings import Settings, SettingsError
 from storage import db
+from storage.cache import PrefixTaken
 from storage.migrate import MigrationError, choose_timescaledb, migrate
 
 log = logging.getLogger("remotegpu")
@@ -91,7 +95,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             password = args.password if args.password is not None else _read_password()
             outcome = asyncio.run(_create_admin(settings, args.username, password, args.reset))
             print(f"admin {args.username!r} {outcome}")
-    except (CommandError, MigrationError) as exc:
+    except (CommandError, MigrationError, PrefixTaken) as exc:
         print(f"remotegpu: {exc}", file=sys.stderr)
         return 1
     except ServiceError as exc:
@@ -147,6 +151,8 @@ def _tune_gc() -> None:
 
 
 def _serve(settings: Settings, host: str, port: int) -> None:
+    if not settings.instance_id:
+        settings = dataclasses.replace(settings, instance_id=f"{socket.gethostname()}:{port}")
     applied = asyncio.run(_migrate(settings))
     if applied:
         log.info("migrations applied", extra={"migrations": applied})
@@ -161,7 +167,7 @@ def _serve(settings: Settings, host: str, port: int) -> None:
         port=port,
         access_log=None,
         print=None,
-        shutdown_timeout=settings.shutdown_grace_s,
+        shutdown_timeout=settings.shutdown_grace_s * REQUESTS_SHARE,
         backlog=LISTEN_BACKLOG,
         loop=loop,
     )

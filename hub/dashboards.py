@@ -26,9 +26,8 @@ from hub.fanout import (
     Fanout,
     Subscriber,
     close_now,
-    text_frame,
 )
-from hub.protocol import CLOSE_ABUSE, DEPENDENCY_ERRORS, Strikes, error_message
+from hub.protocol import CLOSE_ABUSE, DEPENDENCY_ERRORS, Strikes, error_message, text_frame
 from hub.topics import GLOBAL, Topics, tenant_topic
 from services.auth import AuthService, Principal
 from services.errors import ServiceError
@@ -40,7 +39,7 @@ CLOSE_TRY_LATER = 1013  # RFC 6455 registry: "try again later"
 CLOSE_ORIGIN = 4003
 CLOSE_TOO_MANY = 4009
 # A process renews its seats every SEAT_RENEW_S; a dead one's lapse after SEAT_LAPSE_S.
-SEAT_LAPSE_S = 60
+SEAT_LAPSE_S = 30
 SEAT_RENEW_S = SEAT_LAPSE_S / 3
 GLOBAL_PERMISSION = "monitoring:read"
 TENANT_PERMISSION = "tenant:machine:read"

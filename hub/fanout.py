@@ -18,39 +18,15 @@ the event queue.
 from __future__ import annotations
 
 import asyncio
-import struct
 import time
 from collections import deque
 from dataclasses import dataclass, field
 
+from hub.protocol import ABORT_AFTER_S, close_frame, text_frame
+
 CLOSE_GOING_AWAY = 1001
 CLOSE_UNAUTHENTICATED = 4001
 CLOSE_TOO_SLOW = 4008
-# After the close frame is queued, how long a peer has to take it before the TCP
-# connection is dropped.
-ABORT_AFTER_S = 2.0
-
-_TEXT = 0x81  # FIN + opcode 1
-_CLOSE = 0x88  # FIN + opcode 8
-
-
-def _frame(first_byte: int, payload: bytes) -> bytes:
-    size = len(payload)
-    if size < 126:
-        return struct.pack("!BB", first_byte, size) + payload
-    if size < 65536:
-        return struct.pack("!BBH", first_byte, 126, size) + payload
-    return struct.pack("!BBQ", first_byte, 127, size) + payload
-
-
-def text_frame(payload: bytes) -> bytes:
-    """A whole unmasked WebSocket TEXT frame carrying ``payload`` (UTF-8 JSON)."""
-    return _frame(_TEXT, payload)
-
-
-def close_frame(code: int, reason: str) -> bytes:
-    return _frame(_CLOSE, struct.pack("!H", code) + reason.encode()[:123])
-
 
 @dataclass(eq=False, slots=True)
 class Subscriber:

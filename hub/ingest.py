@@ -11,12 +11,16 @@ from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from typing import Any
 
+from hub.flow import IngestFlow
 from hub.heartbeats import HeartbeatSink
 from hub.state import LatestState, Sample
 from hub.writer import TelemetryWriter
 from services.alert_rules import Change, FrameRules
 from services.alerts import AlertService
+from services.cancel import cancel_within
+from services.errors import Overloaded
 from services.frames import Frame
+from storage.telemetry import FrameRows, frame_rows
 
 log = logging.getLogger(__name__)
 
@@ -24,32 +28,31 @@ log = logging.getLogger(__name__)
 WAKE_BATCH_S = 0.05
 
 
-def split_frame(machine_id: str, frame: Frame, received: float
-                ) -> tuple[Sample, list[tuple], tuple]:
+def split_frame(machine_id: str, frame: Frame, received: float) -> tuple[Sample, FrameRows]:
     """The frame as the latest sample and as rows for gpu_metrics and machine_metrics
     (this runs for every frame). The sample keeps the frame's GPU dicts."""
-    time = datetime.fromtimestamp(frame["ts"], UTC)
     gpus = frame["gpus"]
-    rows = [(time, machine_id, g["index"], g["util"], g["mem_used"], g["mem_total"], g["temp"],
-             g["power"]) for g in gpus]
     sample = Sample(
         machine_id=machine_id, ts=frame["ts"], received=received, cpu_util=frame["cpu_util"],
         mem_used=frame["mem_used"], mem_total=frame["mem_total"],
         disk_used=frame["disk_used"], disk_total=frame["disk_total"],
-        gpu_util=round(sum(row[3] for row in rows) / len(rows), 2) if rows else None,
-        gpu_mem=sum(row[4] for row in rows) if rows else 0.0, gpus=gpus,
+        gpu_util=round(sum(g["util"] for g in gpus) / len(gpus), 2) if gpus else None,
+        gpu_mem=sum(g["mem_used"] for g in gpus) if gpus else 0.0, gpus=gpus,
     )
-    machine_row = (time, machine_id, frame["cpu_util"], frame["mem_used"], frame["mem_total"],
-                   frame["disk_used"], frame["disk_total"])
-    return sample, rows, machine_row
+    rows = frame_rows(datetime.fromtimestamp(frame["ts"], UTC), machine_id,
+                      (frame["cpu_util"], frame["mem_used"], frame["mem_total"],
+                       frame["disk_used"], frame["disk_total"]), gpus)
+    return sample, rows
 
 
 class Ingest:
-    def __init__(self, *, state: LatestState, writer: TelemetryWriter, sink: HeartbeatSink,
-                 rules: FrameRules, alerts: AlertService, leading: Callable[[], bool],
+    def __init__(self, *, state: LatestState, writer: TelemetryWriter, flow: IngestFlow,
+                 sink: HeartbeatSink, rules: FrameRules, alerts: AlertService,
+                 leading: Callable[[], bool],
                  came_online: Callable[[list[str]], Awaitable[None]]) -> None:
         self._state = state
         self._writer = writer
+        self.flow = flow
         self._sink = sink
         self._rules = rules
         self._alerts = alerts
@@ -58,10 +61,26 @@ class Ingest:
         self._waking: set[str] = set()
         self._tasks: set[asyncio.Task[None]] = set()
         self.frames = 0
+        self.refused = 0
+
+    def admit(self, machine_id: str) -> None:
+        """For a heartbeat that cannot wait (HTTP): ``Overloaded`` while the flow is
+        closed. The machine was heard from all the same."""
+        if not self.flow.is_open:
+            self.refused += 1
+            self._sink.touch(machine_id)
+            raise Overloaded("telemetry queue full; send this frame again later",
+                             self._writer.retry_after_s())
 
     def accept(self, machine_id: str, frame: Frame, received: float) -> Sample:
-        sample, gpu_rows, machine_row = split_frame(machine_id, frame, received)
-        self._writer.add(gpu_rows, machine_row)
+        """Store the frame and apply it; ``Overloaded`` (nothing stored, nothing applied)
+        when the writer cannot take its rows (queue at its bound, shutting down)."""
+        sample, rows = split_frame(machine_id, frame, received)
+        if not self._writer.add(rows):
+            self.refused += 1
+            self._sink.touch(machine_id)
+            raise Overloaded("the hub cannot store this frame now; send it again later",
+                             self._writer.retry_after_s())
         self._state.apply(sample)
         self._sink.add(sample)
         self.frames += 1
@@ -128,7 +147,12 @@ class Ingest:
         await self._writer.flush()
         await self.drain()
 
-    async def drain(self) -> None:
-        """Wait for follow-ups in flight (alert writes, online transitions)."""
-        while self._tasks:
-            await asyncio.gather(*list(self._tasks), return_exceptions=True)
+    async def drain(self, timeout_s: float | None = None) -> None:
+        """Wait for follow-ups in flight (alert writes, online transitions); those still
+        running after ``timeout_s`` are cancelled (the next frame redoes them)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                while self._tasks:
+                    await asyncio.gather(*list(self._tasks), return_exceptions=True)
+        except TimeoutError:
+            await cancel_within(list(self._tasks))

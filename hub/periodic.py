@@ -16,6 +16,8 @@ from contextlib import suppress
 
 import redis.asyncio as redis
 
+from services.cancel import finish_within
+
 log = logging.getLogger(__name__)
 
 # Renew our own lock, or take a free one; 1 when we hold it afterwards.
@@ -82,13 +84,7 @@ class Periodic:
         # drivers) can swallow a cancellation, which would leave the loop running.
         self._stopping.set()
         if self._task is not None:
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await asyncio.shield(self._task)
-            except TimeoutError:
-                self._task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await self._task
+            await finish_within(self._task, timeout_s)
         if self._lock is not None:
             with suppress(Exception):
                 await self._lock.release()

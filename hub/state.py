@@ -41,6 +41,7 @@ class MachineInfo:
     status: str = "offline"
     allocation_status: str = "idle"
     tenant_id: int | None = None
+    version: int = 0  # machines.version of what this says
 
 
 class LatestState:
@@ -57,7 +58,7 @@ class LatestState:
         self.by_tenant = {}
         for row in rows:
             self.machines[row["id"]] = MachineInfo(row["status"], row["allocation_status"],
-                                                   None)
+                                                   None, row["version"])
             self._lease(row["id"], row["tenant_id"])
 
     def apply(self, sample: Sample) -> None:
@@ -66,14 +67,20 @@ class LatestState:
             self.samples[sample.machine_id] = sample
             self.changed.add(sample.machine_id)
 
-    def apply_status(self, data: dict[str, Any]) -> int | None:
-        """Apply a machine_status event; the tenant the machine belonged to before."""
+    def apply_status(self, data: dict[str, Any]) -> tuple[bool, int | None]:
+        """Apply a machine_status event unless it is not newer than what is known
+        (events from several processes meet in any order, and the periodic resync repeats
+        what is known); whether it was applied, and the tenant the machine had before."""
         info = self.machines.setdefault(data["machine_id"], MachineInfo())
         previous = info.tenant_id
+        version = data.get("version", 0)
+        if version <= info.version:
+            return False, previous
+        info.version = version
         info.status = data.get("status") or info.status
         info.allocation_status = data.get("allocation_status") or info.allocation_status
         self._lease(data["machine_id"], data.get("tenant_id"))
-        return previous
+        return True, previous
 
     def _lease(self, machine_id: str, tenant_id: int | None) -> None:
         info = self.machines[machine_id]
@@ -93,6 +100,10 @@ class LatestState:
         self.samples.pop(machine_id, None)
         self.machines.pop(machine_id, None)
         self.changed.discard(machine_id)
+
+    def knows(self, machine_id: str) -> bool:
+        """Whether the machine exists (as far as the database has told this process)."""
+        return machine_id in self.machines
 
     def tenant_of(self, machine_id: str) -> int | None:
         info = self.machines.get(machine_id)

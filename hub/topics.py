@@ -23,7 +23,8 @@ from typing import Any
 
 import orjson
 
-from hub.fanout import Fanout, text_frame
+from hub.fanout import Fanout
+from hub.protocol import text_frame
 from hub.state import LatestState, Sample
 from services import events
 
@@ -151,9 +152,11 @@ class Topics:
                 if machine_id in samples]
 
     def on_machine_status(self, data: dict[str, Any]) -> None:
-        """Update the state first (the machine may change hands), then tell dashboards."""
-        previous = self._state.apply_status(data)
-        self._push(events.MACHINE_STATUS, data, {data.get("tenant_id"), previous})
+        """Update the state first (the machine may change hands), then tell dashboards;
+        an event older than what the state knows is for no one."""
+        applied, previous = self._state.apply_status(data)
+        if applied:
+            self._push(events.MACHINE_STATUS, data, {data.get("tenant_id"), previous})
 
     def on_event(self, kind: str, data: dict[str, Any]) -> None:
         tenant_id = data.get("tenant_id")

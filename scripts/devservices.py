@@ -1,5 +1,6 @@
 """Make PostgreSQL and Redis answer for ``./dev run`` (mode ``hub``) or ``./dev test``
 (mode ``test``), and print the shell exports that point the hub or the tests at them.
+``clear-prefix PREFIX`` deletes the keys under a Redis prefix (of $REMOTEGPU_REDIS_URL).
 
 The configured URL is used when it answers. Otherwise a private instance is started under
 ``var/`` from the system's binaries (PostgreSQL on port 55432, Redis on 56379) and reused by
@@ -183,6 +184,20 @@ def redis_url(configured: str) -> str:
     raise SystemExit(f"dev: the private Redis did not answer; see {home}/redis.log")
 
 
+def clear_prefix(url: str, prefix: str) -> int:
+    """Delete every key under ``prefix`` (a new dev database takes its prefix over)."""
+    import redis
+
+    client = redis.Redis.from_url(url)
+    try:
+        keys = list(client.scan_iter(match=prefix + "*", count=1000))
+        for i in range(0, len(keys), 1000):
+            client.unlink(*keys[i:i + 1000])
+        return len(keys)
+    finally:
+        client.close()
+
+
 # --- entry point ------------------------------------------------------------------------
 
 def main(mode: str) -> dict[str, str]:
@@ -203,6 +218,11 @@ def main(mode: str) -> dict[str, str]:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["clear-prefix"]:
+        cleared = clear_prefix(os.environ["REMOTEGPU_REDIS_URL"], sys.argv[2])
+        note(f"new database: {cleared} Redis keys of an earlier one cleared under "
+             f"{sys.argv[2]!r}")
+        sys.exit(0)
     try:
         exports = main(sys.argv[1] if len(sys.argv) > 1 else "hub")
     except Missing as exc:

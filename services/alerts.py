@@ -77,6 +77,11 @@ class AlertService:
         """The same alert for many machines in one statement; returns how many are new."""
         rows = await alert_store.raise_alerts(self._pool, machine_ids, rule,
                                               severity or SEVERITY[rule], message, details or {})
+        return self.announce_raised(rows, rule, message)
+
+    def announce_raised(self, rows: list[asyncpg.Record], rule: str, message: str) -> int:
+        """Tell everyone about the alerts among ``rows`` (raised or refreshed, as
+        ``storage.alerts.raise_alerts`` returns them, committed) that are new."""
         new = [row for row in rows if row["inserted"]]
         for row in new:
             self._events.publish(ALERT, alert_event(row))
@@ -89,7 +94,10 @@ class AlertService:
         return bool(await self.resolve_many([machine_id], rule))
 
     async def resolve_many(self, machine_ids: list[str], rule: str) -> int:
-        rows = await alert_store.resolve(self._pool, machine_ids, rule)
+        return self.announce_resolved(await alert_store.resolve(self._pool, machine_ids, rule))
+
+    def announce_resolved(self, rows: list[asyncpg.Record]) -> int:
+        """Tell everyone about alerts just resolved (committed)."""
         for row in rows:
             self._events.publish(ALERT, alert_event(row))
         return len(rows)

@@ -1,9 +1,12 @@
 """The audit trail of operator actions.
 
-Requests hand their record to ``AuditTrail.record``, which only appends to memory; a
-background writer COPYs batches into PostgreSQL, so auditing adds no database round trip to
-a request. When PostgreSQL is down the batch is kept and retried; past ``queue_max`` new
-records are dropped and counted (memory stays bounded). ``close`` writes what is left.
+An acknowledged write's record is committed before its response goes out (``write``, one
+INSERT): a crash right after a 200 cannot lose it. If PostgreSQL cannot take it then (the
+write itself committed a moment before it went away), the record waits in a bounded
+queue that a background writer retries with COPY batches, and ``close`` writes what is
+left. While that queue is full, writes are refused before they run (``accepting``), so no
+record is ever dropped for want of room; only one PostgreSQL refuses (it could never be
+stored) is dropped, and counted.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ from typing import Any
 
 import asyncpg
 
+from services.cancel import finish_within
+from services.logs import Outage
 from storage import audit as audit_store
 from storage.audit import AuditFilter, AuditRecord
 from storage.db import UNAVAILABLE_ERRORS
@@ -62,54 +67,69 @@ class AuditPage:
 
 
 class AuditTrail:
-    def __init__(self, pool: asyncpg.Pool, *, flush_interval_s: float, queue_max: int) -> None:
+    def __init__(self, pool: asyncpg.Pool, *, retry_interval_s: float, queue_max: int) -> None:
         self._pool = pool
-        self._interval = flush_interval_s
+        self._interval = retry_interval_s
         self._max = queue_max
         self._pending: deque[AuditRecord] = deque()
         self._wakeup = asyncio.Event()
         self._write_lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        self._outage = Outage(log, "audit writes")
         self.dropped = 0
         self.written = 0
 
-    def record(self, entry: AuditRecord) -> None:
-        if len(self._pending) >= self._max:
-            self.dropped += 1
-            if self.dropped == 1 or self.dropped % 1000 == 0:
-                log.error("audit queue full; records dropped", extra={"dropped": self.dropped})
-            return
-        self._pending.append(entry)
-        if len(self._pending) >= BATCH_MAX:
-            self._wakeup.set()
+    @property
+    def accepting(self) -> bool:
+        """False while the queue of records PostgreSQL could not take is full: a write
+        must be refused before it runs, for its record would have nowhere to go."""
+        return len(self._pending) < self._max
 
     @property
     def pending(self) -> int:
         return len(self._pending)
 
+    @property
+    def queue_max(self) -> int:
+        return self._max
+
+    async def write(self, entry: AuditRecord) -> None:
+        """Commit the record now; if PostgreSQL cannot take it, queue it for the retries
+        (the queue has room: ``accepting`` was checked before the write ran)."""
+        try:
+            await audit_store.insert(self._pool, entry)
+        except UNAVAILABLE_ERRORS as exc:
+            self._outage.failed(exc, pending=len(self._pending) + 1)
+            self._pending.append(entry)
+            self._wakeup.set()
+            return
+        except Exception:
+            self.dropped += 1
+            log.exception("audit record refused by PostgreSQL; dropped",
+                          extra={"audit_trace_id": entry.trace_id})
+            return
+        self.written += 1
+
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="audit-writer")
 
     async def close(self, timeout_s: float) -> None:
-        """Stop the writer and write everything still in memory (clean shutdown)."""
+        """Stop the writer and write everything still queued (clean shutdown), all within
+        ``timeout_s``."""
+        deadline = asyncio.get_running_loop().time() + timeout_s
         if self._task is not None:
             # Let a write in progress finish rather than cancel it half-way (it could have
             # committed without us knowing); cancel only a writer stuck past the grace time.
             self._stopping = True
             self._wakeup.set()
-            try:
-                async with asyncio.timeout(timeout_s):
-                    await asyncio.shield(self._task)
-            except TimeoutError:
-                self._task.cancel()
-                with suppress(asyncio.CancelledError):
-                    await self._task
+            await finish_within(self._task, timeout_s / 2)
         try:
-            async with asyncio.timeout(timeout_s):
+            async with asyncio.timeout_at(deadline):
                 await self.flush()
         except Exception:
-            log.exception("audit records lost at shutdown", extra={"lost": len(self._pending)})
+            log.error("audit records lost at shutdown: PostgreSQL did not take them in time",
+                      extra={"lost": len(self._pending)})
 
     async def flush(self) -> None:
         """Write every record queued so far; raises if PostgreSQL refuses."""
@@ -127,11 +147,12 @@ class AuditTrail:
                 return
             try:
                 await self.flush()
-                delay = self._interval
-            except Exception:
+            except Exception as exc:
+                self._outage.failed(exc, pending=len(self._pending))
                 delay = min(max(delay * 2, 0.5), _RETRY_MAX_S)
-                log.warning("audit write failed; retrying", exc_info=True,
-                            extra={"pending": len(self._pending), "retry_in_s": delay})
+                continue
+            delay = self._interval
+            self._outage.recovered()
 
     async def _write_batch(self) -> None:
         async with self._write_lock:

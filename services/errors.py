@@ -115,6 +115,15 @@ class Unavailable(ServiceError):
     code = ErrorCode.UNAVAILABLE
 
 
+class Overloaded(Unavailable):
+    """The hub cannot take this now (a queue at its mark, or shutting down); the client
+    should send it again after ``retry_after_s``."""
+
+    def __init__(self, message: str, retry_after_s: int) -> None:
+        super().__init__(message, data={"retry_after": retry_after_s})
+        self.retry_after_s = retry_after_s
+
+
 # PostgreSQL text cannot hold U+0000, so no field may contain it.
 NUL_MESSAGE = "must not contain the NUL character"
 

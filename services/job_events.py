@@ -33,9 +33,16 @@ def announce_queued(events: EventSink, job: asyncpg.Record) -> None:
 
 
 def announce_machines(events: EventSink, machines: list[asyncpg.Record]) -> None:
-    """``machine_status`` events for rows with id, status, allocation_status, tenant_id."""
+    """``machine_status`` events for rows with id, status, allocation_status, tenant_id and
+    version (events may arrive out of order: the highest version is the machine's state)."""
     now = time.time()
     for row in machines:
-        events.publish(MACHINE_STATUS, {"machine_id": row["id"], "status": row["status"],
-                                        "allocation_status": row["allocation_status"],
-                                        "tenant_id": row["tenant_id"], "ts": now})
+        events.publish(MACHINE_STATUS, machine_status(row, now))
+
+
+def machine_status(row: asyncpg.Record, now: float) -> dict[str, Any]:
+    """The ``machine_status`` event of a row with id, status, allocation_status, tenant_id
+    and version."""
+    return {"machine_id": row["id"], "status": row["status"],
+            "allocation_status": row["allocation_status"], "tenant_id": row["tenant_id"],
+            "version": row["version"], "ts": now}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextvars
 import logging
 import sys
+import time
 from datetime import UTC, datetime
 
 import orjson
@@ -43,3 +44,35 @@ def configure(level: str) -> None:
     root.setLevel(level)
     # aiohttp's own access log is replaced by the hub's request log line.
     logging.getLogger("aiohttp.access").disabled = True
+
+
+class Outage:
+    """A dependency that keeps failing is logged twice: when its failures start (with the
+    first error) and when they end (how long it lasted, how many attempts failed), however
+    many retries happen in between."""
+
+    def __init__(self, logger: logging.Logger, what: str) -> None:
+        self._log = logger
+        self._what = what
+        self._since: float | None = None
+        self._failed = 0
+
+    @property
+    def ongoing(self) -> bool:
+        return self._since is not None
+
+    def failed(self, exc: BaseException, **extra: object) -> None:
+        self._failed += 1
+        if self._since is not None:
+            return
+        self._since = time.monotonic()
+        self._log.warning(f"{self._what} failing; retrying with backoff",
+                          exc_info=exc, extra={"error": repr(exc), **extra})
+
+    def recovered(self, **extra: object) -> None:
+        if self._since is None:
+            return
+        self._log.warning(f"{self._what} recovered", extra={
+            "outage_s": round(time.monotonic() - self._since, 3),
+            "failed_attempts": self._failed, **extra})
+        self._since, self._failed = None, 0

@@ -122,7 +122,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("redis_max_connections", "REMOTEGPU_REDIS_MAX_CONNECTIONS", "100", _positive_int,
          "Redis connections per process; beyond, commands wait (up to 5 s) for one"),
     Spec("redis_prefix", "REMOTEGPU_REDIS_PREFIX", "rgpu:", _redis_prefix,
-         "prefix of every Redis key and pub/sub channel of this deployment"),
+         "prefix of every Redis key and pub/sub channel of this deployment (one database's: "
+         "a hub refuses to start on a prefix another database owns)"),
+    Spec("instance_id", "REMOTEGPU_INSTANCE_ID", "", _text,
+         "this hub process's name, stable across restarts (default: host name and port), "
+         "so a restarted process takes over what its killed predecessor held"),
     Spec("jwt_secret", "REMOTEGPU_JWT_SECRET", "", _text,
          "HS256 key, at least 32 bytes; required unless REMOTEGPU_DEV=1"),
     Spec("dev", "REMOTEGPU_DEV", "0", _bool,
@@ -144,11 +148,18 @@ SPECS: tuple[Spec, ...] = (
          "PostgreSQL pool: connections kept open"),
     Spec("db_pool_max", "REMOTEGPU_DB_POOL_MAX", "20", _positive_int,
          "PostgreSQL pool: most connections"),
+    Spec("db_connect_timeout_s", "REMOTEGPU_DB_CONNECT_TIMEOUT_S", "3", _positive_float,
+         "longest wait to open a PostgreSQL connection, seconds"),
+    Spec("db_command_timeout_s", "REMOTEGPU_DB_COMMAND_TIMEOUT_S", "5", _positive_float,
+         "longest wait for a statement of a request, seconds (beyond: 503)"),
+    Spec("db_acquire_timeout_s", "REMOTEGPU_DB_ACQUIRE_TIMEOUT_S", "3", _positive_float,
+         "longest wait for a free pooled connection, seconds (beyond: 503)"),
     Spec("audit_flush_interval_s", "REMOTEGPU_AUDIT_FLUSH_INTERVAL_S", "0.5", _positive_float,
-         "longest time an audit record waits in memory before it is written, seconds"),
+         "how often audit records PostgreSQL could not take at once are retried, seconds "
+         "(a write's record is otherwise committed before its response)"),
     Spec("audit_queue_max", "REMOTEGPU_AUDIT_QUEUE_MAX", "100000", _positive_int,
-         "audit records held in memory while PostgreSQL is unreachable (beyond: dropped and "
-         "counted)"),
+         "audit records held in memory while PostgreSQL is unreachable; while it is full, "
+         "writes are refused with 503 before they run"),
     Spec("shutdown_grace_s", "REMOTEGPU_SHUTDOWN_GRACE_S", "10", _positive_float,
          "time given to open requests and buffers on SIGTERM, seconds"),
     Spec("lease_check_interval_s", "REMOTEGPU_LEASE_CHECK_INTERVAL_S", "60", _positive_float,
@@ -176,8 +187,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("ingest_flush_s", "REMOTEGPU_INGEST_FLUSH_S", "0.5", _positive_float,
          "longest time a telemetry row waits before its batch is written, seconds"),
     Spec("ingest_queue_rows", "REMOTEGPU_INGEST_QUEUE_ROWS", "1000000", _positive_int,
-         "telemetry rows held in memory while PostgreSQL is slow or down (beyond: dropped "
-         "and counted)"),
+         "telemetry rows held in memory while PostgreSQL is unreachable; at this bound agents "
+         "are no longer read, and frames beyond it are refused (the agent is told)"),
+    Spec("ingest_high_water_rows", "REMOTEGPU_INGEST_HIGH_WATER_ROWS", "50000", _positive_int,
+         "telemetry rows waiting to be written above which agent sockets are no longer read "
+         "and HTTP heartbeats get 503 with Retry-After, until half of it is left"),
     Spec("redis_flush_s", "REMOTEGPU_REDIS_FLUSH_S", "0.25", _positive_float,
          "longest time a frame's heartbeat and latest sample wait before the Redis pipeline "
          "writes them, seconds"),
@@ -193,7 +207,8 @@ SPECS: tuple[Spec, ...] = (
     Spec("ws_max_connections", "REMOTEGPU_WS_MAX_CONNECTIONS", "20000", _positive_int,
          "dashboard sockets per process (beyond: closed with 4009)"),
     Spec("ws_max_connections_per_user", "REMOTEGPU_WS_MAX_CONNECTIONS_PER_USER", "20",
-         _positive_int, "dashboard sockets per user and process (beyond: closed with 4009)"),
+         _positive_int,
+         "dashboard sockets per user, over every process (beyond: closed with 4009)"),
     Spec("ws_high_water_bytes", "REMOTEGPU_WS_HIGH_WATER_BYTES", "262144", _positive_int,
          "socket buffer above which a dashboard skips snapshots and updates, bytes"),
     Spec("ws_slow_close_s", "REMOTEGPU_WS_SLOW_CLOSE_S", "10", _positive_float,
@@ -223,6 +238,7 @@ class Settings:
     redis_url: str
     redis_max_connections: int
     redis_prefix: str
+    instance_id: str
     jwt_secret: str
     dev: bool
     log_level: str
@@ -234,6 +250,9 @@ class Settings:
     max_body_bytes: int
     db_pool_min: int
     db_pool_max: int
+    db_connect_timeout_s: float
+    db_command_timeout_s: float
+    db_acquire_timeout_s: float
     audit_flush_interval_s: float
     audit_queue_max: int
     shutdown_grace_s: float
@@ -250,6 +269,7 @@ class Settings:
     ingest_batch_rows: int
     ingest_flush_s: float
     ingest_queue_rows: int
+    ingest_high_water_rows: int
     redis_flush_s: float
     rollup_interval_s: float
     retention_days: int
@@ -278,6 +298,9 @@ class Settings:
                 shown = "<hidden>" if spec.field == "jwt_secret" else repr(raw)
                 raise SettingsError(f"{spec.env}={shown}: {exc}") from None
         values["jwt_secret"] = _checked_secret(values["jwt_secret"], values["dev"])
+        if values["ingest_high_water_rows"] >= values["ingest_queue_rows"]:
+            raise SettingsError("REMOTEGPU_INGEST_HIGH_WATER_ROWS: must be below "
+                                "REMOTEGPU_INGEST_QUEUE_ROWS")
         if values["db_pool_min"] > values["db_pool_max"]:
             raise SettingsError("REMOTEGPU_DB_POOL_MIN: must not exceed REMOTEGPU_DB_POOL_MAX")
         return cls(**values)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import time
+from collections.abc import Callable
 from datetime import UTC, datetime
 from typing import Any
 
@@ -36,12 +37,16 @@ def _aware(moment: datetime) -> datetime:
 
 class TelemetryService:
     def __init__(self, pool: asyncpg.Pool, client: redis.Redis, keys: Keys, *,
-                 timescaledb: bool, heartbeat_timeout_s: float) -> None:
+                 timescaledb: bool, heartbeat_timeout_s: float,
+                 known: Callable[[str], bool]) -> None:
+        """``known``: whether a machine exists (Redis may still hold samples of one that
+        was deleted)."""
         self._pool = pool
         self._redis = client
         self._keys = keys
         self._timescaledb = timescaledb
         self._timeout_s = heartbeat_timeout_s
+        self._known = known
 
     async def trend(self, range_name: str, *, machine_id: str | None = None,
                     not_before: datetime | None = None) -> tuple[int, list[dict[str, Any]]]:
@@ -83,8 +88,10 @@ class TelemetryService:
         cutoff = time.time() - self._timeout_s
         machines = []
         for machine_id, payload in sorted(latest.items()):
-            sample = orjson.loads(payload)
             name = machine_id.decode()
+            if not self._known(name):
+                continue
+            sample = orjson.loads(payload)
             machines.append({
                 "machine_id": name,
                 "status": "online" if heard.get(name, 0) > cutoff else "offline",
@@ -94,3 +101,27 @@ class TelemetryService:
                                              "power")} for g in sample["gpus"]],
             })
         return machines
+
+
+class TimescaleJobs:
+    """TimescaleDB's background jobs (compression, retention, aggregate refresh), read
+    every so often: a policy whose last run failed shows in /metrics and /readyz, since
+    nothing else would tell (the job only records it in job_stats)."""
+
+    def __init__(self, pool: asyncpg.Pool) -> None:
+        self._pool = pool
+        self.jobs: list[dict[str, Any]] = []
+
+    async def refresh(self) -> None:
+        self.jobs = [dict(row) for row in await telemetry.timescaledb_jobs(self._pool)]
+
+    @property
+    def failing(self) -> list[dict[str, Any]]:
+        """Jobs whose last run failed: id, name, when it ran, failures in all."""
+        return [{"job_id": job["job_id"], "name": job["name"],
+                 "last_run_started_at": job["last_run_started_at"],
+                 "total_failures": job["total_failures"]}
+                for job in self.jobs if job["last_run_status"] == "Failed"]
+
+    def failed_by_job(self) -> dict[str, float]:
+        return {job["name"]: float(job["last_run_status"] == "Failed") for job in self.jobs}

@@ -48,6 +48,14 @@ LIMIT {limit} OFFSET {offset}
 _COUNT = "SELECT count(*) FROM audit_logs{where}"
 
 
+_INSERT = (f"INSERT INTO audit_logs ({', '.join(_COLUMNS)}) "
+           f"VALUES ({', '.join(f'${i}' for i in range(1, len(_COLUMNS) + 1))})")
+
+
+async def insert(db: Executor, record: AuditRecord) -> None:
+    await db.execute(_INSERT, *astuple(record))
+
+
 async def copy_in(conn: asyncpg.Connection, records: list[AuditRecord]) -> None:
     await conn.copy_records_to_table(
         "audit_logs", records=[astuple(r) for r in records], columns=_COLUMNS

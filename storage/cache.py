@@ -50,7 +50,8 @@ class Keys:
     def disabled_tenant(self, tenant_id: int) -> str:
         return f"{self.prefix}auth:disabled:tenant:{tenant_id}"
 
-    def dashboard_seats(self, user_id: int) -> str:
+    def dashboard_seats(self, user_id: int | str) -> str:
+        """A user's seat hash (``"*"``: the pattern of them all)."""
         return f"{self.prefix}ws:seats:user:{user_id}"
 
     def dashboard_process(self, process_id: str = "") -> str:
@@ -84,6 +85,15 @@ class Keys:
         """Hash machine id -> latest sample (JSON): the realtime endpoint reads it whole."""
         return f"{self.prefix}machines:latest"
 
+    def owner(self) -> str:
+        """Which database this prefix's data belongs to (REDIS prefix ownership)."""
+        return f"{self.prefix}owner"
+
+    def data_epoch(self) -> str:
+        """Since when (hub time) this Redis holds the deployment's live data: written once
+        when found missing, so it is gone whenever the data went (restart, flush)."""
+        return f"{self.prefix}data-epoch"
+
     def dirty_minutes(self) -> str:
         return f"{self.prefix}telemetry:dirty-minutes"
 
@@ -103,3 +113,21 @@ async def forget_machine(client: redis.Redis, keys: Keys, machine_id: str) -> No
 async def latest_samples(client: redis.Redis, keys: Keys) -> list[dict[str, Any]]:
     """Every machine's latest sample, as the hub processes wrote them."""
     return [orjson.loads(raw) for raw in (await client.hgetall(keys.latest())).values()]
+
+
+class PrefixTaken(Exception):
+    """The Redis prefix holds another database's live data: the hub must not start."""
+
+
+async def claim_prefix(client: redis.Redis, keys: Keys, owner: str) -> None:
+    """Record that the prefix's data belongs to ``owner`` (a database's identity), unless
+    another one holds it already (two deployments sharing a Redis and a prefix would mix
+    their live state and events): then ``PrefixTaken``."""
+    await client.set(keys.owner(), owner, nx=True)
+    held = await client.get(keys.owner())
+    if held is not None and held.decode() != owner:
+        raise PrefixTaken(
+            f"Redis prefix {keys.prefix!r} holds the live data of database {held.decode()}, "
+            f"not of this one ({owner}): another deployment, or a database since "
+            "recreated. Give this deployment its own REMOTEGPU_REDIS_PREFIX, or delete the "
+            "keys under the prefix if that database is gone.")

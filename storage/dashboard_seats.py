@@ -3,8 +3,10 @@
 Each user has a hash of open sockets per process (``{process id: count}``); each process
 keeps a liveness key that lapses ``lapse_s`` after its last renewal. Counting a user's
 sockets skips (and deletes) the entries of processes whose key lapsed, so the sockets of
-a process that died without closing them stop counting on their own. Renewal is one
-command per process, whatever the number of sockets.
+a process that died without closing them stop counting on their own. A process id is
+stable across restarts (host and port), so a process started in place of a killed one
+gives its predecessor's seats back at once. Renewal is one command per process, whatever
+the number of sockets.
 """
 
 from __future__ import annotations
@@ -68,6 +70,16 @@ class DashboardSeats:
             await self._redis.hset(key, self._process_id, count)
         else:
             await self._redis.hdel(key, self._process_id)
+
+    async def release_all(self) -> int:
+        """Give back every seat this process id holds, for every user: at start, the seats
+        of a predecessor with the same id (a process killed before it could release them),
+        which would otherwise count until they lapse. Returns the users it held seats of."""
+        freed = 0
+        async for key in self._redis.scan_iter(match=self._keys.dashboard_seats("*"),
+                                               count=1000):
+            freed += await self._redis.hdel(key, self._process_id)
+        return freed
 
     async def keep_alive(self) -> None:
         """This process is alive: its seats count for another ``lapse_s``."""

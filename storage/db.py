@@ -34,9 +34,35 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                               schema="pg_catalog", format="binary")
 
 
+# Defaults for pools made outside the hub (the CLI, tests); the hub passes its settings.
+CONNECT_TIMEOUT_S = 3.0
+COMMAND_TIMEOUT_S = 5.0
+ACQUIRE_TIMEOUT_S = 3.0
+
+
+class BoundedPool(asyncpg.Pool):
+    """A pool whose every acquire is bounded, also those that ``fetch`` and friends make
+    themselves: a request waiting for a connection while PostgreSQL does not answer gives
+    up (``TimeoutError``, a 503) instead of queueing for as long as the outage lasts."""
+
+    def __init__(self, *args: Any, acquire_timeout: float, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._acquire_timeout = acquire_timeout
+
+    def acquire(self, *, timeout: float | None = None) -> Any:
+        return super().acquire(timeout=self._acquire_timeout if timeout is None else timeout)
+
+
 async def create_pool(dsn: str, *, min_size: int, max_size: int,
-                      relaxed_durability: bool = False) -> asyncpg.Pool:
-    """``relaxed_durability``: commits do not wait for the WAL flush. Only for telemetry:
+                      relaxed_durability: bool = False,
+                      connect_timeout_s: float = CONNECT_TIMEOUT_S,
+                      command_timeout_s: float = COMMAND_TIMEOUT_S,
+                      acquire_timeout_s: float = ACQUIRE_TIMEOUT_S) -> asyncpg.Pool:
+    """Every wait on PostgreSQL is bounded: opening a connection (``connect_timeout_s``),
+    a statement (``command_timeout_s``, unless a call passes its own) and waiting for a
+    free connection (``acquire_timeout_s``).
+
+    ``relaxed_durability``: commits do not wait for the WAL flush. Only for telemetry:
     a PostgreSQL crash may lose the last moments of samples (never part of a COPY), and
     every batch stops paying an fsync, which on ordinary disks is most of its cost."""
     settings = {
@@ -46,14 +72,25 @@ async def create_pool(dsn: str, *, min_size: int, max_size: int,
     }
     if relaxed_durability:
         settings["synchronous_commit"] = "off"
-    return await asyncpg.create_pool(
+    pool = BoundedPool(
         dsn,
+        acquire_timeout=acquire_timeout_s,
+        connection_class=asyncpg.Connection,
+        record_class=asyncpg.Record,
         min_size=min_size,
         max_size=max_size,
+        max_queries=50_000,
+        max_inactive_connection_lifetime=300.0,
+        connect=None,
+        setup=None,
         init=_init_connection,
+        reset=None,
+        loop=None,
         server_settings=settings,
-        command_timeout=30,
+        command_timeout=command_timeout_s,
+        timeout=connect_timeout_s,
     )
+    return await pool
 
 
 class Executor(Protocol):
@@ -101,3 +138,15 @@ class Where:
 def escape_like(text: str) -> str:
     """``text`` with LIKE's wildcards escaped, to match it literally."""
     return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
+
+
+_IDENTITY = """
+SELECT (SELECT system_identifier FROM pg_control_system()) || '/' || datname || '/' || oid
+FROM pg_database WHERE datname = current_database()
+"""
+
+
+async def database_identity(db: Executor) -> str:
+    """This database, unmistakably: the cluster's system identifier, the database's name
+    and its oid (a database dropped and created again under the same name is another)."""
+    return await db.fetchval(_IDENTITY)

@@ -104,8 +104,8 @@ _TENANT_PAGE = _OF_TENANT + " ORDER BY m.id"
 _TENANT_ONE = _OF_TENANT + " AND m.id = $2"
 
 _STATES = """
-SELECT id, status, allocation_status, tenant_id FROM machines WHERE id = ANY($1::text[])
-ORDER BY id
+SELECT id, status, allocation_status, tenant_id, version FROM machines
+WHERE id = ANY($1::text[]) ORDER BY id
 """
 
 # Columns an admin may change with PATCH; values arrive already validated.
@@ -263,21 +263,24 @@ async def states(db: Executor, ids: list[str]) -> list[asyncpg.Record]:
 
 
 _IDENTITY = "SELECT id, gpu_count FROM machines WHERE agent_token_hash = $1"
-_ALL_STATES = "SELECT id, status, allocation_status, tenant_id FROM machines"
+_ALL_STATES = "SELECT id, status, allocation_status, tenant_id, version FROM machines"
+# Status changes bump `version` like lease changes do: machine_status events carry it, so
+# a process applying them out of order keeps the newest.
 _MARK_ONLINE = """
-UPDATE machines SET status = 'online', last_heartbeat_at = now()
+UPDATE machines SET status = 'online', version = version + 1,
+       last_heartbeat_at = greatest(last_heartbeat_at, $2)
 WHERE id = ANY($1::text[]) AND status = 'offline'
-RETURNING id, status, allocation_status, tenant_id
+RETURNING id, status, allocation_status, tenant_id, version
 """
-_MARK_OFFLINE = """
-UPDATE machines SET status = 'offline'
-WHERE id = ANY($1::text[]) AND status = 'online'
-RETURNING id, status, allocation_status, tenant_id
-"""
-_MARK_STALE_OFFLINE = """
-UPDATE machines SET status = 'offline'
+_MARK_SILENT_OFFLINE = """
+UPDATE machines SET status = 'offline', version = version + 1
 WHERE status = 'online' AND (last_heartbeat_at IS NULL OR last_heartbeat_at < $1)
-RETURNING id, status, allocation_status, tenant_id
+RETURNING id, status, allocation_status, tenant_id, version
+"""
+_MARK_HEARD_ONLINE = """
+UPDATE machines SET status = 'online', version = version + 1
+WHERE status = 'offline' AND last_heartbeat_at >= $1
+RETURNING id, status, allocation_status, tenant_id, version
 """
 _TOUCH_HEARTBEATS = """
 UPDATE machines m SET last_heartbeat_at = v.seen
@@ -303,20 +306,21 @@ async def all_states(db: Executor) -> list[asyncpg.Record]:
     return await db.fetch(_ALL_STATES)
 
 
-async def mark_online(db: Executor, ids: list[str]) -> list[asyncpg.Record]:
-    """offline -> online; returns the machines that changed (not those another process
-    brought online first)."""
-    return await db.fetch(_MARK_ONLINE, ids)
+async def mark_online(db: Executor, ids: list[str], heard_at: Any) -> list[asyncpg.Record]:
+    """offline -> online, heard from at ``heard_at``; returns the machines that changed
+    (not those another process brought online first)."""
+    return await db.fetch(_MARK_ONLINE, ids, heard_at)
 
 
-async def mark_offline(db: Executor, ids: list[str]) -> list[asyncpg.Record]:
-    """online -> offline for these machines; returns the ones that changed."""
-    return await db.fetch(_MARK_OFFLINE, ids)
+async def mark_silent_offline(db: Executor, heard_before: Any) -> list[asyncpg.Record]:
+    """online -> offline for machines whose last recorded heartbeat is older than
+    ``heard_before`` (or missing); returns them."""
+    return await db.fetch(_MARK_SILENT_OFFLINE, heard_before)
 
 
-async def mark_stale_offline(db: Executor, heard_before: Any) -> list[asyncpg.Record]:
-    """online -> offline for machines whose last recorded heartbeat is too old."""
-    return await db.fetch(_MARK_STALE_OFFLINE, heard_before)
+async def mark_heard_online(db: Executor, heard_since: Any) -> list[asyncpg.Record]:
+    """offline -> online for machines heard from since ``heard_since``; returns them."""
+    return await db.fetch(_MARK_HEARD_ONLINE, heard_since)
 
 
 async def touch_heartbeats(db: Executor, ids: list[str], seen: list[Any]) -> None:

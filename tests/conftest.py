@@ -46,7 +46,12 @@ def _dsn_for(database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
-async def _create_database(name: str) -> None:
+VARIANTS = ("plain", "timescaledb")
+# Set by CI where TimescaleDB is installed: its variant must run, not be skipped.
+REQUIRE_TIMESCALEDB = os.environ.get("REMOTEGPU_TEST_REQUIRE_TIMESCALEDB") == "1"
+
+
+async def _create_database(name: str, variant: str) -> None:
     conn = await asyncpg.connect(ADMIN_DSN)
     try:
         await conn.execute(f'CREATE DATABASE "{name}"')
@@ -54,9 +59,29 @@ async def _create_database(name: str) -> None:
         await conn.close()
     conn = await asyncpg.connect(_dsn_for(name))
     try:
-        await migrate(conn, timescaledb=await choose_timescaledb(conn, "auto"))
+        await migrate(conn, timescaledb=variant == "timescaledb")
     finally:
         await conn.close()
+
+
+async def _create_shared_database(name: str, variant: str) -> None:
+    """A database tests share, emptied before each test. On TimescaleDB its aggregate
+    refresh policies are paused: a refresh keeps its buckets and watermark after the raw
+    rows are truncated, and would show one test's samples to the next (the policies
+    themselves are tested on databases of their own, tests/storage/test_timescaledb.py)."""
+    await _create_database(name, variant)
+    if variant == "timescaledb":
+        conn = await asyncpg.connect(_dsn_for(name))
+        try:
+            await conn.execute(_PAUSE_REFRESH_POLICIES)
+        finally:
+            await conn.close()
+
+
+_PAUSE_REFRESH_POLICIES = """
+SELECT alter_job(job_id, scheduled => false) FROM timescaledb_information.jobs
+WHERE proc_name = 'policy_refresh_continuous_aggregate'
+"""
 
 
 async def _drop_database(name: str) -> None:
@@ -67,15 +92,75 @@ async def _drop_database(name: str) -> None:
         await conn.close()
 
 
-@pytest.fixture(scope="session")
-def database_url() -> Iterator[str]:
-    name = f"remotegpu_test_{os.getpid()}_{uuid.uuid4().hex[:8]}"
+async def _server_offers_timescaledb() -> bool:
+    conn = await asyncpg.connect(ADMIN_DSN)
     try:
-        asyncio.run(_create_database(name))
+        return await choose_timescaledb(conn, "auto")
+    finally:
+        await conn.close()
+
+
+class TestDatabases:
+    """One database per telemetry variant for the whole session, created when first
+    needed and dropped at the end."""
+
+    def __init__(self) -> None:
+        self._tag = f"{os.getpid()}_{uuid.uuid4().hex[:8]}"
+        self._urls: dict[str, str] = {}
+        self._offers_timescaledb: bool | None = None
+
+    def offers_timescaledb(self) -> bool:
+        if self._offers_timescaledb is None:
+            self._offers_timescaledb = asyncio.run(_server_offers_timescaledb())
+        return self._offers_timescaledb
+
+    def url(self, variant: str) -> str:
+        if variant == "auto":
+            variant = "timescaledb" if self.offers_timescaledb() else "plain"
+        if variant not in self._urls:
+            name = f"remotegpu_test_{self._tag}_{variant}"
+            asyncio.run(_create_shared_database(name, variant))
+            self._urls[variant] = _dsn_for(name)
+        return self._urls[variant]
+
+    def drop_all(self) -> None:
+        for url in self._urls.values():
+            asyncio.run(_drop_database(urlsplit(url).path.lstrip("/")))
+
+
+@pytest.fixture(scope="session")
+def test_databases() -> Iterator[TestDatabases]:
+    databases = TestDatabases()
+    try:
+        databases.offers_timescaledb()
     except (OSError, asyncpg.PostgresError) as exc:
         pytest.exit(f"PostgreSQL for tests unreachable at {ADMIN_DSN}: {exc}", returncode=3)
-    yield _dsn_for(name)
-    asyncio.run(_drop_database(name))
+    yield databases
+    databases.drop_all()
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    """Tests marked ``telemetry`` run on each variant of the telemetry tables (or on the
+    ones the marker names); every other test runs on the variant the server offers."""
+    marker = metafunc.definition.get_closest_marker("telemetry")
+    if marker is not None and "telemetry_variant" in metafunc.fixturenames:
+        metafunc.parametrize("telemetry_variant", marker.args or VARIANTS, indirect=True)
+
+
+@pytest.fixture
+def telemetry_variant(request: pytest.FixtureRequest, test_databases: TestDatabases) -> str:
+    variant = getattr(request, "param", "auto")
+    if variant == "timescaledb" and not test_databases.offers_timescaledb():
+        message = "this PostgreSQL server does not offer the timescaledb extension"
+        if REQUIRE_TIMESCALEDB:
+            pytest.fail(message + " (REMOTEGPU_TEST_REQUIRE_TIMESCALEDB=1)")
+        pytest.skip(message)
+    return variant
+
+
+@pytest.fixture
+def database_url(test_databases: TestDatabases, telemetry_variant: str) -> str:
+    return test_databases.url(telemetry_variant)
 
 
 @pytest.fixture
@@ -123,6 +208,8 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
         "REMOTEGPU_AUDIT_FLUSH_INTERVAL_S": "0.05",
         "REMOTEGPU_DB_POOL_MIN": "1",
         "REMOTEGPU_DB_POOL_MAX": "10",
+        # A test that leaves PostgreSQL away waits this long for the writer at teardown.
+        "REMOTEGPU_SHUTDOWN_GRACE_S": "3",
     }
     return Settings.from_env(env)
 

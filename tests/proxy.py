@@ -1,5 +1,7 @@
-"""A loopback TCP proxy that tests can cut and restore, to take PostgreSQL or Redis away
-from the hub without touching the real server."""
+"""A loopback TCP proxy that tests can cut and restore, or hold and release, to take
+PostgreSQL or Redis away from the hub without touching the real server: ``cut`` refuses
+(connections reset, new ones refused), ``hold`` is a partition (connections stay open and
+new ones are accepted, but no byte goes through until ``release``)."""
 
 from __future__ import annotations
 
@@ -13,6 +15,9 @@ class TcpProxy:
         self._server: asyncio.Server | None = None
         self._writers: set[asyncio.StreamWriter] = set()
         self._tasks: set[asyncio.Task[None]] = set()
+        self._flowing = asyncio.Event()
+        self._flowing.set()
+        self._closed = False
         self.port = 0
 
     async def start(self) -> None:
@@ -34,10 +39,24 @@ class TcpProxy:
     async def restore(self) -> None:
         await self.start()
 
+    def hold(self) -> None:
+        """Stop every byte, both ways, on open and new connections alike."""
+        self._flowing.clear()
+
+    def release(self) -> None:
+        """Let what was held go through, and everything after it."""
+        self._flowing.set()
+
     async def close(self) -> None:
+        self._closed = True
+        self._flowing.set()  # connections accepted while held now see the proxy closed
         await self.cut()
 
     async def _accept(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        await self._flowing.wait()
+        if self._closed or self._server is None:
+            writer.transport.abort()
+            return
         try:
             up_reader, up_writer = await asyncio.open_connection(*self._target)
         except OSError:
@@ -55,10 +74,10 @@ class TcpProxy:
                 self._writers.discard(w)
                 w.transport.abort()
 
-    @staticmethod
-    async def _pump(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    async def _pump(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         with contextlib.suppress(OSError, asyncio.CancelledError):
             while data := await reader.read(65536):
+                await self._flowing.wait()
                 writer.write(data)
                 await writer.drain()
         writer.transport.abort()

@@ -11,7 +11,7 @@ import pytest
 from aiohttp import WSMsgType
 
 from api.keys import AUDIT, INGEST, REDIS, REDIS_KEYS
-from tests.agent_frames import BAD_FRAMES, frame, gpu
+from tests.agent_frames import BAD_FRAMES, bad_frames, frame, gpu
 from tests.helpers import Api, call
 
 HEARTBEAT = "/api/v1/agent/heartbeat"
@@ -90,10 +90,10 @@ async def test_hello_for_another_machine_is_refused(client, admin, agent_token, 
     assert await db.fetchval("SELECT count(*) FROM gpu_devices WHERE uuid IS NOT NULL") == 0
 
 
-@pytest.mark.parametrize("case", list(BAD_FRAMES))
+@pytest.mark.parametrize("case", BAD_FRAMES)
 async def test_bad_frame_over_http_is_40001_and_never_stored(client, agent_token, db, case):
     status, body = await call(client, "POST", HEARTBEAT, token=agent_token,
-                              json=BAD_FRAMES[case])
+                              json=bad_frames()[case])
     assert (status, body["code"]) == (400, 40001), body
     assert body["data"]["errors"], body
     await client.app[INGEST].flush()
@@ -121,7 +121,7 @@ async def test_bad_frame_on_the_socket_gets_an_error_and_the_socket_stays_open(
         client, agent_token, db, case):
     async with client.ws_connect("/ws/agent", headers={"Authorization":
                                                         f"Bearer {agent_token}"}) as ws:
-        await ws.send_str(orjson.dumps({"type": "metrics", **BAD_FRAMES[case]}).decode())
+        await ws.send_str(orjson.dumps({"type": "metrics", **bad_frames()[case]}).decode())
         reply = await ws.receive_json(timeout=5)
         assert reply["type"] == "error" and reply["data"]["code"] == "invalid_metrics"
         assert reply["data"]["errors"]

@@ -1,13 +1,13 @@
 """The audit trail: every write recorded with the final status and the caller, secrets
-redacted at any depth, written off the request path, flushed on shutdown."""
+redacted at any depth, committed before the response (queued and retried only while
+PostgreSQL cannot take it, and then writes are refused once the queue is full)."""
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime
 
 from api.keys import AUDIT
-from tests.helpers import call, login
+from tests.helpers import call, eventually, login
 
 AUDIT_LOGS = "/api/v1/admin/audit-logs"
 
@@ -86,26 +86,27 @@ async def test_reads_are_not_recorded(client, db):
     assert await _rows(db) == []
 
 
-async def test_recording_adds_no_database_write_to_the_request(make_app, aiohttp_client, db):
+async def test_a_record_is_committed_before_its_response_is_sent(make_app, aiohttp_client, db):
     client = await aiohttp_client(make_app(audit_flush_interval_s=60))
     status, _ = await call(client, "POST", "/api/v1/auth/login",
                            json={"username": "nobody", "password": "whatever1"})
     assert status == 401
-    # answered, yet nothing is written until the batch writer runs
-    assert await _rows(db) == []
-    assert client.app[AUDIT].pending == 1
-    await client.app[AUDIT].flush()
+    # no flush, no background writer: the record was there before the answer
     assert len(await _rows(db)) == 1
+    assert client.app[AUDIT].pending == 0
 
 
-async def test_pending_records_are_written_on_clean_shutdown(make_app, aiohttp_client, db):
-    client = await aiohttp_client(make_app(audit_flush_interval_s=60))
-    for i in range(25):
-        await call(client, "POST", "/api/v1/auth/login",
-                   json={"username": f"nobody{i}", "password": "whatever1"})
-    assert await _rows(db) == []
+async def test_records_postgres_could_not_take_are_written_on_clean_shutdown(
+        make_app, aiohttp_client, pg_proxy, db):
+    proxy, url = pg_proxy
+    client = await aiohttp_client(make_app(database_url=url, audit_flush_interval_s=60))
+    await proxy.cut()
+    for i in range(5):
+        await call(client, "POST", f"/api/v1/no/such/route/{i}", json={})
+    assert client.app[AUDIT].pending == 5
+    await proxy.restore()
     await client.close()  # runs the app's cleanup contexts
-    assert len(await _rows(db)) == 25
+    assert len(await _rows(db)) == 5
 
 
 async def test_records_survive_a_database_outage_and_are_written_after(make_app, aiohttp_client,
@@ -114,27 +115,32 @@ async def test_records_survive_a_database_outage_and_are_written_after(make_app,
     client = await aiohttp_client(make_app(database_url=url, audit_flush_interval_s=0.05))
     await proxy.cut()
     await call(client, "POST", "/api/v1/no/such/route", json={"during": "outage"})
-    await asyncio.sleep(0.3)  # the writer fails at least once
     assert client.app[AUDIT].pending == 1
     await proxy.restore()
-    for _ in range(100):
-        if client.app[AUDIT].pending == 0:
-            break
-        await asyncio.sleep(0.1)
+    await eventually(lambda: client.app[AUDIT].pending == 0, what="queue written")
     assert [r["body"] for r in await _rows(db)] == [{"during": "outage"}]
 
 
-async def test_full_queue_drops_and_counts_instead_of_growing(make_app, aiohttp_client, pg_proxy,
-                                                              db):
+async def test_writes_are_refused_before_they_run_while_the_trail_cannot_keep_records(
+        make_app, aiohttp_client, pg_proxy, db):
     proxy, url = pg_proxy
-    client = await aiohttp_client(make_app(database_url=url, audit_queue_max=3))
+    client = await aiohttp_client(make_app(database_url=url, audit_queue_max=3,
+                                           audit_flush_interval_s=60))
     await proxy.cut()
+    answers = []
     for _ in range(5):
-        await call(client, "POST", "/api/v1/nothing", json={})
+        resp = await client.post("/api/v1/nothing", json={})
+        answers.append((resp.status, resp.headers.get("Retry-After"),
+                        (await resp.json())["code"]))
+    assert answers == [(404, None, 40401)] * 3 + [(503, "5", 50301)] * 2
     trail = client.app[AUDIT]
-    assert (trail.pending, trail.dropped) == (3, 2)
+    assert (trail.pending, trail.dropped) == (3, 0)
     metrics = await (await client.get("/metrics")).text()
-    assert "remotegpu_audit_dropped_total 2.0" in metrics
+    assert "remotegpu_audit_dropped_total 0.0" in metrics
+    assert "remotegpu_audit_pending 3.0" in metrics
+    await proxy.restore()
+    await trail.flush()
+    assert len(await _rows(db)) == 3
 
 
 async def test_forwarded_for_is_ignored_from_untrusted_peers(client, db):
@@ -260,10 +266,29 @@ async def test_a_record_postgres_refuses_is_dropped_and_the_rest_written(client,
     good = dict(created_at=datetime.now(UTC), user_id=None, username=None, tenant_id=None,
                 ip="127.0.0.1", method="POST", path="/ok", body=None, status=200,
                 trace_id="t", duration_ms=1.0)
-    trail.record(AuditRecord(**good))
-    trail.record(AuditRecord(**{**good, "ip": "not-an-ip", "path": "/bad-ip"}))
-    trail.record(AuditRecord(**{**good, "path": "/bad\x00path"}))
-    trail.record(AuditRecord(**{**good, "path": "/ok2"}))
-    await trail.flush()
+    for record in (good, {**good, "ip": "not-an-ip", "path": "/bad-ip"},
+                   {**good, "path": "/bad\x00path"}, {**good, "path": "/ok2"}):
+        await trail.write(AuditRecord(**record))
     assert [r["path"] for r in await _rows(db)] == ["/ok", "/ok2"]
     assert (trail.pending, trail.dropped) == (0, 2)
+
+
+async def test_records_queued_in_an_outage_one_of_them_refused_do_not_block_the_rest(
+        make_app, aiohttp_client, pg_proxy, db):
+    from storage.audit import AuditRecord
+
+    proxy, url = pg_proxy
+    client = await aiohttp_client(make_app(database_url=url, audit_flush_interval_s=60))
+    trail = client.app[AUDIT]
+    await proxy.cut()
+    good = dict(created_at=datetime.now(UTC), user_id=None, username=None, tenant_id=None,
+                ip="127.0.0.1", method="POST", path="/ok", body=None, status=200,
+                trace_id="t", duration_ms=1.0)
+    for record in (good, {**good, "ip": "not-an-ip", "path": "/bad-ip"},
+                   {**good, "path": "/ok2"}):
+        await trail.write(AuditRecord(**record))
+    assert trail.pending == 3
+    await proxy.restore()
+    await trail.flush()
+    assert [r["path"] for r in await _rows(db)] == ["/ok", "/ok2"]
+    assert (trail.pending, trail.dropped) == (0, 1)

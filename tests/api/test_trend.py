@@ -25,6 +25,7 @@ from api.keys import INGEST, PERIODIC, PG_POOL, REDIS, REDIS_KEYS, TIMESCALEDB
 from hub.rollups import DirtyMinutes, TelemetryMaintenance
 from tests.helpers import Api, call
 
+pytestmark = pytest.mark.telemetry
 TREND = "/api/v1/admin/dashboard/gpu-trend"
 MY_MACHINES = "/api/v1/customer/machines"
 HEARTBEAT = "/api/v1/agent/heartbeat"
@@ -112,11 +113,14 @@ async def client(make_app, aiohttp_client):
     return await aiohttp_client(make_app(rollup_interval_s=3600))
 
 
+# TimescaleDB refreshes its continuous aggregates itself: the hub's rollup job exists only
+# on plain PostgreSQL.
+PLAIN_ONLY = pytest.mark.telemetry("plain")
+
+
 @pytest.fixture
 def plain(client):
-    if client.app[TIMESCALEDB]:
-        pytest.skip("TimescaleDB refreshes its continuous aggregates itself; the hub's rollup "
-                    "job exists only on plain PostgreSQL")
+    assert not client.app[TIMESCALEDB], "mark the test PLAIN_ONLY"
 
 
 @pytest.fixture
@@ -253,6 +257,7 @@ def long_series(now: int, span: int, width: int) -> tuple[list[Sample], int]:
     return samples_at(times), rollup_at
 
 
+@PLAIN_ONLY
 @pytest.mark.parametrize("range_name", list(RANGES))
 async def test_trend_after_a_rollup_equals_the_trend_of_the_raw_rows(
         admin, db, maintenance, dirty, range_name):
@@ -269,6 +274,7 @@ async def test_trend_after_a_rollup_equals_the_trend_of_the_raw_rows(
                                               "points": expected(samples, width)}
 
 
+@PLAIN_ONLY
 @pytest.mark.parametrize("range_name", ["7d", "30d"])
 async def test_long_range_trend_reads_no_raw_rows_before_the_rollup_watermark(
         admin, db, maintenance, dirty, range_name):
@@ -284,6 +290,7 @@ async def test_long_range_trend_reads_no_raw_rows_before_the_rollup_watermark(
                                               "points": expected(samples, width)}
 
 
+@PLAIN_ONLY
 async def test_rollup_job_keeps_the_current_bucket_whole(client, admin, db, plain):
     now = int(time.time())
     samples = samples_at([now - 3 * 3600, now - 150, now - 90, now - 30, now])
@@ -304,6 +311,7 @@ def frame(ts: int, gpus: list[Sample]) -> dict[str, Any]:
                      for g in gpus]}
 
 
+@PLAIN_ONLY
 async def test_a_late_sample_written_after_a_rollup_is_in_the_trend_after_the_next_one(
         client, admin, db, plain):
     token = (await admin.machine("m1", gpu_count=2))["agent_token"]
@@ -399,6 +407,7 @@ async def test_customer_metrics_leave_out_samples_from_before_the_lease_start(
         assert data == {"interval": width, "points": expected(since, width)}, range_name
 
 
+@PLAIN_ONLY
 @pytest.mark.parametrize("range_name", ["1h", "24h", "7d"])
 async def test_customer_metrics_after_a_rollup_keep_the_first_partial_bucket_of_the_lease(
         admin, db, tenancy, maintenance, range_name):

@@ -17,8 +17,11 @@ import pytest
 from aiohttp import WSMsgType
 
 from api.keys import DASHBOARD_SOCKETS, INGEST, SETTINGS, STATE
+from hub.dashboards import SEAT_LAPSE_S
 from hub.protocol import FLOOD_LIMIT
 from services.tokens import AccessTokens
+from storage.cache import Keys
+from storage.dashboard_seats import DashboardSeats
 from tests.helpers import Api, call, eventually, login
 
 WS = "/ws/connect"
@@ -555,6 +558,25 @@ async def test_the_per_user_cap_counts_the_users_sockets_on_every_process(make_a
     await on_first.close()
     await _eventually(lambda: first.app[DASHBOARD_SOCKETS].count == 0, what="socket gone")
     await _welcome(await _connect(second, token))
+
+
+async def test_a_process_started_in_place_of_a_killed_one_frees_its_seats_at_once(
+        make_app, aiohttp_client, accounts, redis_client, redis_prefix):
+    admin = await accounts.user("root-admin")
+    # A process "hub-a:8080" held all of the user's seats and was killed (SIGKILL): its
+    # seats are in Redis, and would count until its liveness key lapses.
+    killed = DashboardSeats(redis_client, Keys(redis_prefix), process_id="hub-a:8080",
+                            lapse_s=SEAT_LAPSE_S)
+    for _ in range(2):
+        assert await killed.take(admin.id, 2)
+    await killed.keep_alive()
+    elsewhere = await aiohttp_client(make_app(**FAST, ws_max_connections_per_user=2))
+    token = await _token(elsewhere, admin)
+    await _closed_with(await _connect(elsewhere, token), 4009)  # counted: it may be alive
+    restarted = await aiohttp_client(make_app(**FAST, ws_max_connections_per_user=2,
+                                              instance_id="hub-a:8080"))
+    await _welcome(await _connect(restarted, token))
+    await _welcome(await _connect(elsewhere, token))
 
 
 async def test_a_socket_beyond_the_process_cap_closes_with_4009(make_app, aiohttp_client,

@@ -19,10 +19,9 @@ from hub.fanout import (
     CLOSE_TOO_SLOW,
     Fanout,
     Subscriber,
-    close_frame,
     close_now,
-    text_frame,
 )
+from hub.protocol import close_frame, text_frame
 
 MARK = 1000
 SLOW_S = 5.0

@@ -8,8 +8,9 @@ import time
 import pytest
 
 from api.keys import BUS, INGEST, METRICS, REDIS, REDIS_KEYS, STATE
-from tests.helpers import Api, call
+from tests.helpers import Api, bearer, call, eventually
 
+pytestmark = pytest.mark.telemetry
 HEARTBEAT = "/api/v1/agent/heartbeat"
 
 
@@ -20,11 +21,11 @@ def frame(util: float = 50.0, gpus: int = 2) -> dict:
                       "temp": 50.0, "power": 100.0} for i in range(gpus)]}
 
 
-async def _wait_for(predicate, timeout_s: float = 10.0) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not await predicate():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        await asyncio.sleep(0.05)
+def _metric(client, name: str) -> float:
+    for line in client.app[METRICS].render().decode().splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    raise AssertionError(f"{name} not in /metrics")
 
 
 async def _hub(make_app, aiohttp_client, accounts, **settings):
@@ -44,38 +45,44 @@ async def test_heartbeats_are_answered_while_postgres_is_down_and_written_after(
     for _ in range(5):
         status, body = await call(client, "POST", HEARTBEAT, token=token, json=frame())
         assert (status, body["data"]) == (200, {"commands": []})
-    await asyncio.sleep(0.3)  # the writer fails and keeps the rows
-    assert client.app[METRICS].render().count(b"remotegpu_ingest_write_failures_total 0.0") == 0
+    # the writer fails and keeps the rows
+    await eventually(lambda: _metric(client, "remotegpu_ingest_write_failures_total") > 0)
     await proxy.restore()
 
     async def all_written():
-        return await db.fetchval("SELECT count(*) FROM gpu_metrics") == 12
+        return (await db.fetchval("SELECT count(*) FROM gpu_metrics"),
+                await db.fetchval("SELECT count(*) FROM machine_metrics")) == (12, 6)
 
-    await _wait_for(all_written)
-    assert await db.fetchval("SELECT count(*) FROM machine_metrics") == 6
-    assert b"remotegpu_ingest_rows_dropped_total 0.0" in client.app[METRICS].render()
+    await eventually(all_written)
+    assert _metric(client, "remotegpu_ingest_rows_dropped_total") == 0
 
 
-async def test_rows_beyond_the_queue_limit_are_dropped_and_counted(
+async def test_frames_beyond_the_queue_bound_are_refused_with_retry_after_never_dropped(
         make_app, aiohttp_client, accounts, pg_proxy, db):
     proxy, url = pg_proxy
     client, token = await _hub(make_app, aiohttp_client, accounts, database_url=url,
-                               ingest_queue_rows=10, ingest_flush_s=0.05)
+                               ingest_queue_rows=10, ingest_high_water_rows=6,
+                               ingest_flush_s=0.05)
     await call(client, "POST", HEARTBEAT, token=token, json=frame())
     await client.app[INGEST].flush()
     await proxy.cut()
-    for _ in range(5):  # 3 rows each: 3 frames fit in the queue of 10, 2 are dropped
-        status, _ = await call(client, "POST", HEARTBEAT, token=token, json=frame())
-        assert status == 200
-    metrics = client.app[METRICS].render()
-    assert b"remotegpu_ingest_rows_dropped_total 6.0" in metrics
-    assert b"remotegpu_ingest_rows_queued 9.0" in metrics
+    await call(client, "POST", HEARTBEAT, token=token, json=frame())
+    await eventually(lambda: _metric(client, "remotegpu_ingest_write_failures_total") > 0)
+    # PostgreSQL is away: the queue may fill to its bound (10 rows, 3 per frame)
+    replies = [await client.post(HEARTBEAT, json=frame(), headers=bearer(token))
+               for _ in range(4)]
+    assert [r.status for r in replies] == [200, 200, 503, 503]
+    assert all(1 <= int(r.headers["Retry-After"]) <= 10 for r in replies[2:])
+    assert (await replies[2].json())["code"] == 50301
+    assert _metric(client, "remotegpu_ingest_rows_queued") == 9
+    assert _metric(client, "remotegpu_ingest_rows_dropped_total") == 0
+    assert _metric(client, "remotegpu_ingest_rows_refused_total") == 6
     await proxy.restore()
 
     async def written():
         return await db.fetchval("SELECT count(*) FROM machine_metrics") == 4
 
-    await _wait_for(written)
+    await eventually(written)
 
 
 async def test_heartbeats_are_answered_while_redis_is_down_and_latest_catches_up(
@@ -94,7 +101,7 @@ async def test_heartbeats_are_answered_while_redis_is_down_and_latest_catches_up
         raw = await redis_client.hget(f"{settings.redis_prefix}machines:latest", "m1")
         return raw is not None and b'"gpu_util":77.0' in raw
 
-    await _wait_for(caught_up)
+    await eventually(caught_up)
 
 
 async def test_a_frame_on_one_process_reaches_the_latest_state_of_another(
@@ -107,13 +114,13 @@ async def test_a_frame_on_one_process_reaches_the_latest_state_of_another(
     async def first_knows_a_peer_listens():
         return first.app[BUS].peers == 1
 
-    await _wait_for(first_knows_a_peer_listens)
+    await eventually(first_knows_a_peer_listens)
     await call(first, "POST", HEARTBEAT, token=token, json=frame(util=42.0))
 
     async def seen_by_second():
         return second.app[STATE].gpu_util("m1") == 42.0
 
-    await _wait_for(seen_by_second)
+    await eventually(seen_by_second)
     other_admin = await Api.login(second, await accounts.user("other-admin"))
     item = (await other_admin.ok("GET", "/api/v1/admin/machines"))["list"][0]
     assert item["gpu_util"] == 42.0

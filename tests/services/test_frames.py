@@ -11,7 +11,7 @@ from pydantic import ValidationError
 
 from services.errors import ValidationFailed
 from services.frames import MetricsFrame, _plain_check, check_frame, checked_metrics
-from tests.agent_frames import BAD_FRAMES, frame, gpu
+from tests.agent_frames import BAD_FRAMES, bad_frames, frame, gpu
 
 GPU_COUNT = 2
 
@@ -22,18 +22,18 @@ def _through_the_models(data, now):
     return model.as_frame()
 
 
-@pytest.mark.parametrize("case", list(BAD_FRAMES))
+@pytest.mark.parametrize("case", BAD_FRAMES)
 def test_every_bad_frame_is_refused(case):
     with pytest.raises((ValidationError, ValidationFailed)):
-        checked_metrics(BAD_FRAMES[case], now=time.time(), gpu_count=GPU_COUNT)
+        checked_metrics(bad_frames()[case], now=time.time(), gpu_count=GPU_COUNT)
 
 
 def test_a_refused_frame_names_the_models_errors():
     with pytest.raises(ValidationError) as refused:
-        checked_metrics(BAD_FRAMES["util above 100"], now=time.time(), gpu_count=GPU_COUNT)
+        checked_metrics(bad_frames()["util above 100"], now=time.time(), gpu_count=GPU_COUNT)
     assert [e["loc"] for e in refused.value.errors()] == [("gpus", 0, "util")]
     with pytest.raises(ValidationFailed) as failed:
-        checked_metrics(BAD_FRAMES["duplicate gpu index"], now=time.time(),
+        checked_metrics(bad_frames()["duplicate gpu index"], now=time.time(),
                         gpu_count=GPU_COUNT)
     assert failed.value.data["errors"] == [{"field": "gpus[1].index",
                                             "message": "duplicate GPU index"}]

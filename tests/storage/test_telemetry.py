@@ -18,6 +18,7 @@ from datetime import UTC, date, datetime, timedelta
 
 import pytest
 
+from hub.flow import IngestFlow
 from hub.rollups import DirtyMinutes, TelemetryMaintenance
 from hub.writer import BACKLOG_FACTOR, TelemetryWriter
 from storage import telemetry
@@ -29,6 +30,7 @@ INSERT_GPU = ("INSERT INTO gpu_metrics (time, machine_id, gpu_index, util, mem_u
               "mem_total, temp, power) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)")
 INSERT_MACHINE = ("INSERT INTO machine_metrics (time, machine_id, cpu_util, mem_used, "
                   "mem_total, disk_used, disk_total) VALUES ($1, $2, 1, 2, 4, 8, 16)")
+pytestmark = pytest.mark.telemetry
 ROLLUP_COLUMNS = ("samples", "util_sum", "util_max", "mem_used_sum", "mem_pct_sum",
                   "temp_max", "power_sum")
 
@@ -89,13 +91,15 @@ async def wait_for(predicate, timeout_s: float = 20.0) -> None:
         await asyncio.sleep(0.05)
 
 
+# TimescaleDB keeps its continuous aggregates and chunks itself: the rollup tables and day
+# partitions are the hub's work on plain PostgreSQL only.
+PLAIN_ONLY = pytest.mark.telemetry("plain")
+
+
 @pytest.fixture
 async def plain(db):
     async with db.acquire() as conn:
-        variant = await applied_telemetry_variant(conn)
-    if variant == "timescaledb":
-        pytest.skip("TimescaleDB keeps its continuous aggregates and chunks itself; the "
-                    "rollup tables and day partitions are the hub's work on plain PostgreSQL")
+        assert await applied_telemetry_variant(conn) == "plain", "mark the test PLAIN_ONLY"
     return db
 
 
@@ -127,6 +131,7 @@ def hour_series(hour: datetime) -> list[Sample]:
     return samples
 
 
+@PLAIN_ONLY
 async def test_rollup_writes_per_minute_sums_and_counts_of_the_raw_rows(plain, maintenance):
     hour = hour_of(datetime.now(UTC)) - timedelta(hours=2)
     samples = hour_series(hour)
@@ -137,6 +142,7 @@ async def test_rollup_writes_per_minute_sums_and_counts_of_the_raw_rows(plain, m
         [s for s in samples if s.time < open_minute], minute_of)
 
 
+@PLAIN_ONLY
 async def test_rollup_sums_the_minutes_of_each_closed_hour(plain, maintenance):
     hour = hour_of(datetime.now(UTC)) - timedelta(hours=2)
     samples = hour_series(hour)
@@ -149,6 +155,7 @@ async def test_rollup_sums_the_minutes_of_each_closed_hour(plain, maintenance):
     assert await rollup_rows(plain, "gpu_metrics_1h") == rollup_of(samples, hour_of)
 
 
+@PLAIN_ONLY
 async def test_rollup_moves_the_watermarks_to_the_open_minute_and_hour(plain, maintenance):
     now = datetime(2030, 1, 2, 3, 4, 5, 600000, tzinfo=UTC)
     await seed(plain, [Sample(now - timedelta(seconds=1), "m1", 0, util=10.0),
@@ -159,6 +166,7 @@ async def test_rollup_moves_the_watermarks_to_the_open_minute_and_hour(plain, ma
     assert await plain.fetchval("SELECT count(*) FROM gpu_metrics_1m") == 0  # open minute
 
 
+@PLAIN_ONLY
 async def test_rollup_redoes_a_minute_that_got_rows_after_it_was_rolled_up(plain, maintenance,
                                                                          dirty):
     minute = minute_of(datetime.now(UTC)) - timedelta(hours=3)
@@ -175,6 +183,7 @@ async def test_rollup_redoes_a_minute_that_got_rows_after_it_was_rolled_up(plain
     assert await dirty.before(datetime.now(UTC)) == []
 
 
+@PLAIN_ONLY
 async def test_a_marked_minute_older_than_the_catch_up_window_is_rolled_up(plain, maintenance,
                                                                          dirty):
     old = minute_of(datetime.now(UTC)) - timedelta(days=3)
@@ -201,6 +210,7 @@ async def test_a_minute_marked_again_while_rolling_up_stays_marked(dirty):
     assert await dirty.before(minute + timedelta(minutes=1)) == []
 
 
+@PLAIN_ONLY
 async def test_rollup_sums_are_accumulated_in_double_precision(plain, maintenance):
     minute = minute_of(datetime.now(UTC)) - timedelta(minutes=10)
     await seed(plain, [Sample(minute + timedelta(seconds=5 * k), "m1", gpu, util=50.005,
@@ -243,6 +253,7 @@ async def scratch_days(plain):
             await plain.execute(f'DROP TABLE IF EXISTS "{partition(table, day)}"')
 
 
+@PLAIN_ONLY
 async def test_ensure_partition_moves_the_days_rows_out_of_the_default_partition(
         plain, scratch_days):
     day = datetime.now(UTC).date() + timedelta(days=5)
@@ -264,6 +275,7 @@ async def test_ensure_partition_moves_the_days_rows_out_of_the_default_partition
                                     day)
 
 
+@PLAIN_ONLY
 async def test_copy_into_a_day_without_a_partition_lands_in_the_default_partition(
         plain, scratch_days):
     day = datetime.now(UTC).date() + timedelta(days=7)
@@ -271,13 +283,16 @@ async def test_copy_into_a_day_without_a_partition_lands_in_the_default_partitio
     for table in telemetry.TELEMETRY_TABLES:
         await plain.execute(f'DROP TABLE IF EXISTS "{partition(table, day)}"')
     moment = datetime(day.year, day.month, day.day, 6, tzinfo=UTC)
+    rows = telemetry.frame_rows(moment, "m1", (1.0, 2.0, 4.0, 8.0, 16.0), [
+        {"index": 0, "util": 10.0, "mem_used": 512.0, "mem_total": 1024.0, "temp": 60.0,
+         "power": 250.0}])
     async with plain.acquire() as conn:
-        await telemetry.copy_gpu_rows(conn, [Sample(moment, "m1", 0, util=10.0).row()])
-        await telemetry.copy_machine_rows(conn, [(moment, "m1", 1.0, 2.0, 4.0, 8.0, 16.0)])
+        await telemetry.write_frames(conn, [rows])
     assert await where(plain, "gpu_metrics") == {"gpu_metrics_default": 1}
     assert await where(plain, "machine_metrics") == {"machine_metrics_default": 1}
 
 
+@PLAIN_ONLY
 async def test_partition_maintenance_keeps_yesterday_to_two_days_ahead(plain, maintenance):
     today = datetime.now(UTC).date()
     for table in telemetry.TELEMETRY_TABLES:  # empty here: the tables were just emptied
@@ -291,6 +306,7 @@ async def test_partition_maintenance_keeps_yesterday_to_two_days_ahead(plain, ma
                 (table, offset)
 
 
+@PLAIN_ONLY
 async def test_partition_maintenance_drops_the_days_past_the_retention(plain, maintenance,
                                                                        scratch_days):
     today = datetime.now(UTC).date()
@@ -317,11 +333,26 @@ async def test_partition_maintenance_drops_the_days_past_the_retention(plain, ma
 # --- the writer ------------------------------------------------------------------------------
 
 
-def frame_rows(moment: datetime, machine: str, gpus: int, base: float = 0.0
-               ) -> tuple[list[tuple], tuple]:
-    return ([(moment, machine, g, base + g, 100.0 * g, 1024.0, 50.0, 200.0)
-             for g in range(gpus)],
-            (moment, machine, base, 1.0, 64.0, 10.0, 100.0))
+@dataclass(frozen=True)
+class Frame:
+    """One frame's rows: as the writer queues them, and as they must read back."""
+    queued: telemetry.FrameRows
+    gpu: list[tuple]
+    machine: tuple
+
+
+def frame_rows(moment: datetime, machine: str, gpus: int, base: float = 0.0) -> Frame:
+    gpu = [(moment, machine, g, base + g, 100.0 * g, 1024.0, 50.0, 200.0) for g in range(gpus)]
+    host = (base, 1.0, 64.0, 10.0, 100.0)
+    queued = telemetry.frame_rows(moment, machine, host, [
+        {"index": r[2], "util": r[3], "mem_used": r[4], "mem_total": r[5], "temp": r[6],
+         "power": r[7]} for r in gpu])
+    return Frame(queued, gpu, (moment, machine, *host))
+
+
+def new_writer(pool, *, high_water: int = 1_000_000, **options) -> TelemetryWriter:
+    flow = IngestFlow(high_water=high_water, low_water=high_water // 2)
+    return TelemetryWriter(pool, flow=flow, **options)
 
 
 async def stored(db) -> tuple[set[tuple], set[tuple]]:
@@ -334,32 +365,35 @@ async def stored(db) -> tuple[set[tuple], set[tuple]]:
     return {tuple(r) for r in gpu}, {tuple(r) for r in machine}
 
 
+def rows_of(frames: Iterable[Frame]) -> tuple[set[tuple], set[tuple]]:
+    frames = list(frames)
+    return {row for f in frames for row in f.gpu}, {f.machine for f in frames}
+
+
 async def test_writer_flush_writes_the_rows_of_every_queued_frame(db):
-    writer = TelemetryWriter(db, batch_rows=1000, flush_s=60, queue_rows=1000)
+    writer = new_writer(db, batch_rows=1000, flush_s=60, queue_rows=1000)
     now = minute_of(datetime.now(UTC))
     frames = [frame_rows(now + timedelta(seconds=5 * i), f"m{i % 2}", 2 + i % 2, base=i)
               for i in range(5)]
-    for gpu, machine in frames:
-        assert writer.add(gpu, machine)
+    for f in frames:
+        assert writer.add(f.queued)
     assert writer.queued == 17  # 12 GPU rows, 5 machine rows
     assert await stored(db) == (set(), set())
     await writer.flush()
-    assert await stored(db) == ({row for gpu, _ in frames for row in gpu},
-                                {machine for _, machine in frames})
+    assert await stored(db) == rows_of(frames)
     assert (writer.queued, writer.rows_written, writer.rows_dropped) == (0, 17, 0)
 
 
 async def test_writer_splits_a_long_queue_into_batches(db):
-    writer = TelemetryWriter(db, batch_rows=2, flush_s=60, queue_rows=1000)
+    writer = new_writer(db, batch_rows=2, flush_s=60, queue_rows=1000)
     now = minute_of(datetime.now(UTC))
     frames = [frame_rows(now + timedelta(seconds=i), "m1", 3, base=i) for i in range(6)]
-    for gpu, machine in frames:
-        writer.add(gpu, machine)
+    for f in frames:
+        writer.add(f.queued)
     await writer.flush()
-    assert await stored(db) == ({row for gpu, _ in frames for row in gpu},
-                                {machine for _, machine in frames})
-    # 18 GPU rows; behind a backlog a COPY takes at most 2 * BACKLOG_FACTOR of them
-    assert writer.batches >= math.ceil(18 / (2 * BACKLOG_FACTOR))
+    assert await stored(db) == rows_of(frames)
+    # 24 rows; behind a backlog a batch takes frames up to 2 * BACKLOG_FACTOR rows
+    assert writer.batches >= math.ceil(24 / (2 * BACKLOG_FACTOR + 3))
 
 
 async def test_writer_reports_the_sample_times_it_wrote(db):
@@ -368,45 +402,56 @@ async def test_writer_reports_the_sample_times_it_wrote(db):
     async def on_written(times: Collection[datetime]) -> None:
         written.extend(times)
 
-    writer = TelemetryWriter(db, batch_rows=1000, flush_s=60, queue_rows=1000,
-                             on_written=on_written)
+    writer = new_writer(db, batch_rows=1000, flush_s=60, queue_rows=1000,
+                        on_written=on_written)
     late = minute_of(datetime.now(UTC)) - timedelta(hours=3)
-    writer.add(*frame_rows(late, "m1", 2))
-    writer.add(*frame_rows(late + timedelta(minutes=1), "m1", 1))
+    writer.add(frame_rows(late, "m1", 2).queued)
+    writer.add(frame_rows(late + timedelta(minutes=1), "m1", 1).queued)
     await writer.flush()
     assert sorted(written) == [late, late + timedelta(minutes=1)]  # each time once
 
 
-async def test_writer_drops_and_counts_frames_beyond_its_queue_bound(db):
-    writer = TelemetryWriter(db, batch_rows=1000, flush_s=60, queue_rows=10)
+async def test_writer_refuses_and_counts_frames_beyond_its_queue_bound(db):
+    writer = new_writer(db, high_water=5, batch_rows=1000, flush_s=60, queue_rows=10)
     now = minute_of(datetime.now(UTC))
     frames = [frame_rows(now + timedelta(seconds=i), "m1", 3, base=i) for i in range(4)]
-    accepted = [writer.add(gpu, machine) for gpu, machine in frames]  # 4 rows per frame
+    accepted = [writer.add(f.queued) for f in frames]  # 4 rows per frame
     assert accepted == [True, True, False, False]
-    assert (writer.queued, writer.rows_dropped) == (8, 8)
+    assert (writer.queued, writer.rows_refused) == (8, 8)
     await writer.flush()
-    assert await stored(db) == ({row for gpu, _ in frames[:2] for row in gpu},
-                                {machine for _, machine in frames[:2]})
-    assert (writer.rows_written, writer.rows_dropped) == (8, 8)
+    assert await stored(db) == rows_of(frames[:2])
+    assert (writer.rows_written, writer.rows_refused, writer.rows_dropped) == (8, 8, 0)
+
+
+async def test_writer_refuses_frames_once_it_is_closing_and_writes_what_it_took(db):
+    writer = new_writer(db, batch_rows=1000, flush_s=60, queue_rows=1000)
+    writer.start()
+    now = minute_of(datetime.now(UTC))
+    taken, late = frame_rows(now, "m1", 2), frame_rows(now + timedelta(seconds=1), "m1", 2)
+    assert writer.add(taken.queued)
+    await writer.close(5.0)
+    assert not writer.add(late.queued)
+    assert await stored(db) == rows_of([taken])
+    assert (writer.rows_written, writer.rows_refused, writer.queued) == (3, 3, 0)
 
 
 async def test_writer_retries_a_batch_while_postgres_is_away_and_writes_it_once(db, pg_proxy):
     proxy, url = pg_proxy
     pool = await create_pool(url, min_size=1, max_size=2)
-    writer = TelemetryWriter(pool, batch_rows=1000, flush_s=0.05, queue_rows=1000)
+    writer = new_writer(pool, batch_rows=1000, flush_s=0.05, queue_rows=1000)
     writer.start()
     try:
         now = minute_of(datetime.now(UTC))
         frames = [frame_rows(now + timedelta(seconds=i), "m1", 2, base=i) for i in range(4)]
-        writer.add(*frames[0])
+        writer.add(frames[0].queued)
 
         async def first_written() -> bool:
             return writer.rows_written == 3
 
         await wait_for(first_written)
         await proxy.cut()
-        for gpu, machine in frames[1:]:
-            assert writer.add(gpu, machine)
+        for f in frames[1:]:
+            assert writer.add(f.queued)
 
         async def failed() -> bool:
             return writer.failures > 0
@@ -419,9 +464,7 @@ async def test_writer_retries_a_batch_while_postgres_is_away_and_writes_it_once(
             return writer.queued == 0
 
         await wait_for(all_written)
-        gpu_rows, machine_rows = await stored(db)
-        assert (gpu_rows, machine_rows) == ({row for gpu, _ in frames for row in gpu},
-                                            {machine for _, machine in frames})
+        assert await stored(db) == rows_of(frames)
         assert await db.fetchval("SELECT count(*) FROM gpu_metrics") == 8  # none twice
         assert await db.fetchval("SELECT count(*) FROM machine_metrics") == 4
         assert (writer.rows_written, writer.rows_dropped) == (12, 0)
@@ -430,12 +473,56 @@ async def test_writer_retries_a_batch_while_postgres_is_away_and_writes_it_once(
         await pool.close()
 
 
-async def test_copy_helpers_write_every_column(db):
+async def test_a_batch_written_twice_stores_each_sample_once(db):
+    now = minute_of(datetime.now(UTC))
+    frames = [frame_rows(now + timedelta(seconds=i), "m1", 2, base=i) for i in range(3)]
+    async with db.acquire() as conn:
+        first = await telemetry.write_frames(conn, [f.queued for f in frames[:2]])
+        again = await telemetry.write_frames(conn, [f.queued for f in frames])
+    assert (first.rows, first.duplicates) == (6, 0)
+    assert (again.rows, again.duplicates) == (3, 6)  # only the third frame was new
+    assert await stored(db) == rows_of(frames)
+    assert await db.fetchval("SELECT count(*) FROM gpu_metrics") == 6
+
+
+async def test_a_frame_sent_again_is_counted_as_a_duplicate_not_stored_twice(db):
+    writer = new_writer(db, batch_rows=1000, flush_s=60, queue_rows=1000)
+    frame = frame_rows(minute_of(datetime.now(UTC)), "m1", 2)
+    writer.add(frame.queued)
+    await writer.flush()
+    writer.add(frame.queued)
+    await writer.flush()
+    assert (writer.rows_written, writer.duplicates) == (3, 3)
+    assert await db.fetchval("SELECT count(*) FROM gpu_metrics") == 2
+    assert await db.fetchval("SELECT count(*) FROM machine_metrics") == 1
+
+
+async def test_the_encoded_rows_read_back_as_every_column_was_given(db):
     moment = datetime(2030, 5, 6, 7, 8, 9, 123456, tzinfo=UTC)
     gpu = (moment, "m1", 3, 12.5, 2048.0, 4096.0, 66.5, 310.25)
     machine = (moment, "m1", 40.0, 120.5, 256.0, 800.0, 2048.0)
+    rows = telemetry.frame_rows(moment, "m1", machine[2:], [
+        {"index": 3, "util": 12.5, "mem_used": 2048, "mem_total": 4096, "temp": 66.5,
+         "power": 310.25}])
     async with db.acquire() as conn:
-        await telemetry.copy_gpu_rows(conn, [gpu])
-        await telemetry.copy_machine_rows(conn, [machine])
+        await telemetry.write_frames(conn, [rows])
     assert await stored(db) == ({gpu}, {machine})
 
+
+async def test_the_encoded_rows_equal_what_asyncpg_would_have_written(db):
+    """The hand-made COPY payload against the driver's own encoder, on the same values."""
+    moment = datetime.now(UTC) - timedelta(minutes=1, microseconds=7)
+    gpus = [{"index": i, "util": 100 / 3 * (i % 4), "mem_used": 81559.0 / (i + 1),
+             "mem_total": 81559, "temp": 40.25 + i, "power": 0.1 * i} for i in range(8)]
+    host = (33.3, 180.123, 512, 900.5, 3800)
+    async with db.acquire() as conn:
+        await telemetry.write_frames(conn, [telemetry.frame_rows(moment, "bench-00042", host,
+                                                                 gpus)])
+        mine = await stored(conn)
+        await conn.execute("TRUNCATE gpu_metrics, machine_metrics")
+        await conn.copy_records_to_table("gpu_metrics", columns=telemetry.GPU_COLUMNS, records=[
+            (moment, "bench-00042", g["index"], g["util"], g["mem_used"], g["mem_total"],
+             g["temp"], g["power"]) for g in gpus])
+        await conn.copy_records_to_table("machine_metrics", columns=telemetry.MACHINE_COLUMNS,
+                                         records=[(moment, "bench-00042", *host)])
+        assert mine == await stored(conn)
