@@ -220,16 +220,27 @@ class AgentSockets:
         return None
 
     async def _hold(self, conn: AgentConn) -> None:
-        """Stop reading this socket until the flow opens."""
+        """Stop reading this socket until the flow opens.
+
+        The transport is paused directly, not through the protocol: aiohttp pauses the
+        protocol itself when its message queue is full and resumes it as the queue
+        drains. Resuming over its pause would let every later read pile up, unparsed, in
+        the reader's tail (no bound, and re-sliced on each drain: memory and CPU grow
+        with the flood), so the transport is resumed only when aiohttp holds no pause.
+        """
+        transport = conn.request.transport
         protocol = conn.request.protocol
         conn.held = True
-        protocol.pause_reading()
+        if transport is not None:
+            transport.pause_reading()
         try:
             await self._ingest.flow.wait(conn.machine_id)
         finally:
             conn.held = False
             conn.heard = asyncio.get_running_loop().time()
-            protocol.resume_reading()
+            if transport is not None and not transport.is_closing() \
+                    and not protocol._reading_paused:
+                transport.resume_reading()
 
     async def _watch(self) -> None:
         """Ping sockets silent for an interval; drop those that sent nothing within half

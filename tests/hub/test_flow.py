@@ -10,6 +10,7 @@ flight hangs, nothing fails, and the queue grows as it would behind a busy datab
 from __future__ import annotations
 
 import asyncio
+import socket
 import time
 
 import orjson
@@ -146,3 +147,35 @@ async def test_a_socket_that_answers_pings_stays_open_while_idle(slow_hub):
             await asyncio.wait_for(ws.receive(), 1.0)
         assert not ws.closed
     assert metric(client, "remotegpu_agent_sockets_dead_total") == 0
+
+
+async def test_a_flooding_socket_is_read_no_further_ahead_than_its_buffers(slow_hub):
+    """aiohttp pauses a socket whose message queue is full; the flow must not resume it
+    over that pause, or everything the agent sends piles up unparsed in the hub's memory
+    (a flood of 200 agents once took the hub to 3.5 GB). What the agent managed to send
+    is therefore bounded by the socket buffers and aiohttp's queue, however fast it sends.
+    """
+    client, _, token = slow_hub
+    ingest = client.app[INGEST]
+    total, sent, gaps = 15000, 0, []
+    start = time.time() - 60
+    async with client.ws_connect("/ws/agent", headers=bearer(token)) as ws:
+        # a small send buffer, so the agent's side cannot hide what the hub reads ahead
+        ws.get_extra_info("socket").setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 16384)
+
+        async def flood() -> None:
+            nonlocal sent
+            for i in range(total):
+                await ws.send_str(orjson.dumps(metrics(start + i * 0.001)).decode())
+                sent += 1
+
+        sender = asyncio.create_task(flood())
+        while not sender.done():
+            gaps.append(sent - ingest.frames)
+            await asyncio.sleep(0.005)
+        await sender
+        await eventually(lambda: ingest.frames == total, timeout_s=60, what="every frame")
+    # the buffers on the way (both sockets', aiohttp's queue and one read) hold ~2,300
+    assert max(gaps) < 5000
+    assert metric(client, "remotegpu_ingest_flow_closings_total") >= 10
+    assert metric(client, "remotegpu_ingest_rows_dropped_total") == 0
