@@ -9,6 +9,7 @@ of 1024) so sums can be compared exactly.
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 import time
 from collections import defaultdict
@@ -468,6 +469,38 @@ async def test_writer_retries_a_batch_while_postgres_is_away_and_writes_it_once(
         assert await db.fetchval("SELECT count(*) FROM gpu_metrics") == 8  # none twice
         assert await db.fetchval("SELECT count(*) FROM machine_metrics") == 4
         assert (writer.rows_written, writer.rows_dropped) == (12, 0)
+    finally:
+        await writer.close(2.0)
+        await pool.close()
+
+
+async def test_writer_keeps_its_backoff_while_frames_arrive_and_logs_the_outage_once(
+        db, pg_proxy, caplog):
+    proxy, url = pg_proxy
+    pool = await create_pool(url, min_size=1, max_size=2)
+    # Every frame fills a batch, so every arrival asks for a write at once.
+    writer = new_writer(pool, batch_rows=3, flush_s=0.05, queue_rows=100_000)
+    writer.start()
+    now = minute_of(datetime.now(UTC))
+    try:
+        with caplog.at_level(logging.WARNING, logger="hub.writer"):
+            await proxy.cut()
+            for i in range(200):
+                assert writer.add(frame_rows(now + timedelta(seconds=i), "m1", 2).queued)
+                await asyncio.sleep(0.01)
+            attempts = writer.failures
+            await proxy.restore()
+
+            async def all_written() -> bool:
+                return writer.queued == 0
+
+            await wait_for(all_written)
+        # 200 arrivals over ~2 s; the backoff (0.2, 0.4, 0.8, 1.6 s) allows a handful.
+        assert 1 <= attempts <= 8
+        messages = [r.getMessage() for r in caplog.records if r.name == "hub.writer"]
+        assert messages == ["telemetry writes failing; retrying with backoff",
+                            "telemetry writes recovered"]
+        assert await db.fetchval("SELECT count(*) FROM machine_metrics") == 200
     finally:
         await writer.close(2.0)
         await pool.close()
