@@ -5,8 +5,10 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 try:
@@ -16,6 +18,10 @@ except ImportError:  # the simulator also runs on the standard loop
 
 from agent_mock.options import DEFAULT_TOKENS_FILE, AgentMockError, Options
 from agent_mock.runner import run
+
+# Where the admin password is read from when --admin-password is not given: a command line
+# is readable by every user of the machine (`ps`), a process's environment only by its own.
+PASSWORD_ENV = "REMOTEGPU_ADMIN_PASSWORD"
 
 
 def _positive(text: str) -> float:
@@ -57,7 +63,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="stream over /ws/agent (default) or POST heartbeats")
     parser.add_argument("--admin-user",
                         help="register the fleet with this admin (or operator) account")
-    parser.add_argument("--admin-password", help="that account's password")
+    parser.add_argument("--admin-password",
+                        help=f"that account's password (default: ${PASSWORD_ENV}, which "
+                             "keeps it out of `ps`)")
     parser.add_argument("--tokens-file", type=Path, default=DEFAULT_TOKENS_FILE,
                         help="JSON {machine_id: agent_token}: written after registration "
                              "(mode 0600), read alone when no admin account is given "
@@ -65,7 +73,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--id-prefix", default="sim-",
                         help="machine ids are PREFIX00001.. (default sim-)")
     parser.add_argument("--overheat-fraction", type=_fraction, default=0.01,
-                        help="share of machines whose GPUs run above 90 °C (default 0.01)")
+                        help="share of machines whose GPUs run above 90 °C (default 0.01); "
+                             "like every share, at least one machine when above 0")
     parser.add_argument("--silent-fraction", type=_fraction, default=0.01,
                         help="share of machines that go quiet after a while (default 0.01)")
     parser.add_argument("--silent-after", type=_non_negative, default=60.0,
@@ -89,13 +98,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                         help="seed the simulated dynamics, for repeatable runs")
 
 
-def options_from_args(args: argparse.Namespace) -> Options:
+def options_from_args(args: argparse.Namespace,
+                      environ: Mapping[str, str] = os.environ) -> Options:
     """Raises AgentMockError for combinations argparse cannot check (an admin user
     without a password)."""
+    password = args.admin_password
+    if password is None and args.admin_user is not None:
+        password = environ.get(PASSWORD_ENV)
     return Options(
         hub=args.hub, machines=args.machines, interval=args.interval,
         transport=args.transport, admin_user=args.admin_user,
-        admin_password=args.admin_password, tokens_file=args.tokens_file,
+        admin_password=password, tokens_file=args.tokens_file,
         id_prefix=args.id_prefix, overheat_fraction=args.overheat_fraction,
         silent_fraction=args.silent_fraction, silent_after=args.silent_after,
         idle_fraction=args.idle_fraction, health_event_rate=args.health_event_rate,

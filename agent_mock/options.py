@@ -64,7 +64,8 @@ class Options:
         if self.transport not in ("ws", "http"):
             problems.append("transport must be ws or http")
         if (self.admin_user is None) != (self.admin_password is None):
-            problems.append("give both the admin user and the admin password, or neither")
+            problems.append("give both the admin user and the admin password (--admin-password "
+                            "or $REMOTEGPU_ADMIN_PASSWORD), or neither")
         if not _PREFIX.match(self.id_prefix):
             problems.append("the id prefix must be 1..40 characters of [A-Za-z0-9._-]")
         for name in ("overheat_fraction", "silent_fraction", "idle_fraction",

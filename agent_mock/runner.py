@@ -23,10 +23,13 @@ log = logging.getLogger("agent_mock")
 HTTP_TIMEOUT = aiohttp.ClientTimeout(total=30, sock_connect=10)
 
 
-def _chosen(rng: random.Random, count: int, fraction: float) -> set[int]:
-    """Exactly round(count * fraction) distinct positions, so small fleets get what the
-    fraction says rather than a coin toss per machine."""
-    return set(rng.sample(range(count), round(count * fraction)))
+def chosen(rng: random.Random, count: int, fraction: float) -> set[int]:
+    """round(count * fraction) distinct positions, so small fleets get what the fraction
+    says rather than a coin toss per machine; and at least one when the fraction is above
+    0, so even a small fleet (the 20 machines of ``./dev run``) shows each behaviour, and
+    the alerts of an overheating and a silent machine."""
+    wanted = round(count * fraction)
+    return set(rng.sample(range(count), max(wanted, 1) if fraction > 0 else wanted))
 
 
 def build_agents(fleet: Fleet, specs: list[MachineSpec], tokens: dict[str, str]
@@ -34,9 +37,9 @@ def build_agents(fleet: Fleet, specs: list[MachineSpec], tokens: dict[str, str]
     options = fleet.options
     rng = fleet.rng
     count = len(specs)
-    overheat = _chosen(rng, count, options.overheat_fraction)
-    idle = _chosen(rng, count, options.idle_fraction)
-    silent = _chosen(rng, count, options.silent_fraction)
+    overheat = chosen(rng, count, options.overheat_fraction)
+    idle = chosen(rng, count, options.idle_fraction)
+    silent = chosen(rng, count, options.silent_fraction)
     agents = []
     for i, spec in enumerate(specs):
         sim = MachineSim(spec, rng, busy=i not in idle, overheat=i in overheat,

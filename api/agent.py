@@ -11,6 +11,7 @@ from pydantic import BaseModel, Field
 
 from api.items import JobItem
 from api.keys import AGENT_IDENTITY, AGENT_SOCKETS, DISPATCHER, INGEST, JOBS
+from api.models import PathParams, prefixed_id
 from api.routing import AGENT, Routes
 from services.errors import ErrorCode
 from services.frames import JobUpdate, MetricsFrame, check_frame
@@ -28,6 +29,10 @@ class Command(BaseModel):
 
 class HeartbeatReply(BaseModel):
     commands: list[Command] = Field(description="jobs for this machine, each sent once")
+
+
+class AgentJobPath(PathParams):
+    job_id: prefixed_id(JOB)  # type: ignore[valid-type]
 
 
 @routes.post("/api/v1/agent/heartbeat", access=AGENT, audited=False,
@@ -50,6 +55,7 @@ async def heartbeat(request: web.Request, body: MetricsFrame) -> HeartbeatReply:
 
 
 @routes.post("/api/v1/agent/jobs/{job_id}", access=AGENT, audited=False,
+             path_params=AgentJobPath,
              summary="Report progress on a job", body=JobUpdate, response=JobItem,
              errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
              description="sent -> running -> succeeded | failed. Repeating the final status "

@@ -2,31 +2,38 @@
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Literal
 
 from aiohttp import web
-from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
+from pydantic import BaseModel, Field
 
 from api.items import AllocationItem
 from api.keys import ALLOCATIONS, PRINCIPAL
-from api.models import Body, Page, PageQuery
+from api.models import (
+    Body,
+    LeaseStart,
+    MachineId,
+    Page,
+    PageQuery,
+    PathParams,
+    TenantId,
+    prefixed_id,
+)
 from api.routing import Routes
 from services.allocations import MAX_BATCH
 from services.errors import ErrorCode
 from services.ids import ALLOCATION, format_id, parse_id
-from services.rules import MACHINE_ID_PATTERN
 from storage.allocations import AllocationFilter
 
 routes = Routes("allocations")
 
-MachineId = Annotated[str, StringConstraints(pattern=MACHINE_ID_PATTERN)]
-
 
 class BatchAllocateIn(Body):
-    tenant_id: int
+    tenant_id: TenantId
     machine_ids: list[MachineId] = Field(min_length=1, max_length=MAX_BATCH)
     duration_months: int = Field(ge=1, le=36)
-    start_time: AwareDatetime | None = Field(None, description="default now; may be in the past")
+    start_time: LeaseStart | None = Field(
+        None, description="default now; within 10 years of now, past (back-dating) or future")
     remark: str | None = Field(None, max_length=1024)
 
 
@@ -36,12 +43,16 @@ class AllocationIds(BaseModel):
 
 class AllocationQuery(PageQuery):
     status: Literal["active", "reclaiming", "reclaimed"] | None = None
-    tenant_id: int | None = Field(None, ge=0)
+    tenant_id: TenantId | None = None
     machine_id: str | None = Field(None, max_length=64)
 
 
 class RenewIn(Body):
     duration_months: int = Field(ge=1, le=36)
+
+
+class AllocationPath(PathParams):
+    id: prefixed_id(ALLOCATION)  # type: ignore[valid-type]
 
 
 @routes.post("/api/v1/admin/allocations", access="allocation:write",
@@ -72,7 +83,8 @@ async def list_allocations(request: web.Request,
 
 
 @routes.post("/api/v1/admin/allocations/{id}/renew", access="allocation:write",
-             summary="Extend an active lease", body=RenewIn, response=AllocationItem,
+             summary="Extend an active lease", path_params=AllocationPath, body=RenewIn,
+             response=AllocationItem,
              errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
              description="Adds calendar months; the expiry is recomputed from the start so "
                          "month ends do not drift.")

@@ -21,6 +21,7 @@ from api import (
     agent,
     alerts,
     allocations,
+    api_keys,
     audit,
     auth,
     customer,
@@ -32,12 +33,15 @@ from api import (
     machines,
     monitoring,
     ops,
+    usage,
+    users,
 )
 from api.keys import (
     AGENT_AUTH,
     AGENT_SOCKETS,
     ALERTS,
     ALLOCATIONS,
+    API_KEYS,
     AUDIT,
     AUTH,
     BUS,
@@ -66,8 +70,11 @@ from api.keys import (
     TIMESCALE_JOBS,
     TIMESCALEDB,
     TOPICS,
+    USAGE,
+    USERS,
 )
 from api.metrics import HttpMetrics
+from api.metrics_listener import metrics_listener
 from api.middlewares import audit as audit_middleware
 from api.middlewares import authenticate, authorize, error_middleware, trace
 from api.openapi import build_document
@@ -90,13 +97,13 @@ from hub.state import LatestState, Sample
 from hub.topics import Topics
 from hub.writer import TelemetryWriter
 from services import events
-from services.accounts import sync_disabled_markers
 from services.agents import AgentAuth
 from services.alert_rules import FrameRules
 from services.alerts import AlertService
 from services.allocations import AllocationService
+from services.api_keys import LAST_USED_FLUSH_S, ApiKeyService
 from services.audit import AuditTrail
-from services.auth import AuthService
+from services.auth import IP_LIMIT_FACTOR, AuthService
 from services.customers import CustomerService
 from services.dashboard import DashboardService
 from services.imports import ImportService
@@ -104,16 +111,19 @@ from services.job_events import machine_status
 from services.jobs import JobService
 from services.machines import MachineService
 from services.passwords import PasswordHasher
+from services.revocations import RevocationCheck
 from services.settings import Settings
 from services.telemetry import TelemetryService, TimescaleJobs
 from services.tenant_machines import TenantMachineService
 from services.tokens import AccessTokens
+from services.usage import UsageService
+from services.users import UserService
 from storage import alerts as alert_store
 from storage import cache, db, roles
 from storage import machines as machine_store
 from storage.dashboard_seats import DashboardSeats
 from storage.migrate import applied_telemetry_variant
-from storage.ratelimit import FailureCounter
+from storage.ratelimit import Limits, LoginThrottle
 from storage.revocations import Revocations
 
 log = logging.getLogger(__name__)
@@ -121,7 +131,8 @@ log = logging.getLogger(__name__)
 RESOURCES: tuple[Routes, ...] = (
     auth.routes, machines.routes, allocations.routes, customers.routes, dashboard.routes,
     monitoring.routes, alerts.routes, customer.routes, jobs.routes, agent.routes,
-    audit.routes, ops.routes, docs.routes, dashboard_socket.routes,
+    audit.routes, ops.routes, docs.routes, dashboard_socket.routes, users.routes,
+    usage.routes, api_keys.routes,
 )
 _POOL_CLOSE_TIMEOUT_S = 5.0
 _PERIODIC_STOP_SHARE = 0.1
@@ -154,8 +165,8 @@ def create_app(settings: Settings) -> web.Application:
     app[SETTINGS] = settings
     app[METRICS] = HttpMetrics()
     app[SHUTDOWN] = ShutdownClock(settings.shutdown_grace_s)
-    app.cleanup_ctx.extend([_postgres, _redis, _bus, _services, _audit_trail, _realtime,
-                            _dashboards, _periodic_jobs])
+    app.cleanup_ctx.extend([metrics_listener, _postgres, _redis, _bus, _services, _audit_trail,
+                            _realtime, _dashboards, _periodic_jobs])
     app.on_shutdown.append(_close_sockets)
     endpoints = []
     for resource in RESOURCES:
@@ -231,22 +242,27 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     settings = app[SETTINGS]
     pool, keys, bus = app[PG_POOL], app[REDIS_KEYS], app[BUS]
     revocations = Revocations(app[REDIS], keys)
-    await sync_disabled_markers(pool, revocations)
+    revocation_check = RevocationCheck(pool, revocations, settings.access_token_ttl_s)
+    await revocation_check.rebuild()  # what changed in PostgreSQL while no hub ran
     hasher = PasswordHasher(time_cost=settings.argon2_time_cost,
                             memory_kib=settings.argon2_memory_kib)
     app[STATE] = LatestState()
+    login_limits = Limits(per_username=settings.login_max_failures,
+                          per_ip=settings.login_max_failures * IP_LIMIT_FACTOR,
+                          window_s=settings.login_window_s, lockout_s=settings.login_lockout_s)
+    throttle = LoginThrottle(app[REDIS], keys, login_limits)
+    app[API_KEYS] = _api_keys(app, revocations)
     app[AUTH] = AuthService(
         pool=pool,
         revocations=revocations,
-        failures=FailureCounter(app[REDIS]),
-        keys=keys,
+        revocation_check=revocation_check,
+        throttle=throttle,
         hasher=hasher,
         access_tokens=AccessTokens(settings.jwt_secret, settings.access_token_ttl_s),
         permissions_by_role=await roles.permissions_by_role(pool),
         refresh_ttl_s=settings.refresh_token_ttl_s,
-        login_max_failures=settings.login_max_failures,
-        login_window_s=settings.login_window_s,
         events=bus,
+        api_keys=app[API_KEYS],
     )
     app[ALERTS] = AlertService(pool, bus)
     app[MACHINES] = MachineService(pool, bus)
@@ -254,16 +270,45 @@ async def _services(app: web.Application) -> AsyncIterator[None]:
     app[ALLOCATIONS] = AllocationService(pool, app[ALERTS], bus)
     app[JOBS] = JobService(pool, app[ALLOCATIONS], app[ALERTS], bus, settings.job_timeout_s)
     app[CUSTOMERS] = CustomerService(pool, hasher, revocations, settings.access_token_ttl_s,
-                                     bus)
+                                     bus, default_quota_bytes=settings.tenant_quota_bytes)
+    app[USERS] = UserService(pool, hasher, revocations, throttle, settings.access_token_ttl_s,
+                             bus)
     app[DASHBOARD] = DashboardService(pool, app[STATE].avg_gpu_util)
     app[TENANT_MACHINES] = TenantMachineService(pool, bus)
     app[AGENT_AUTH] = AgentAuth(pool)
     app[TELEMETRY] = TelemetryService(pool, app[REDIS], keys, timescaledb=app[TIMESCALEDB],
                                       heartbeat_timeout_s=settings.heartbeat_timeout_s,
                                       known=app[STATE].knows)
+    app[USAGE] = UsageService(pool, app[TELEMETRY])
     app[READINESS] = ReadinessProbes(pool, app[REDIS])
     yield
+    await revocation_check.close()
     hasher.close()
+    await _flush_key_use(app)
+
+
+def _api_keys(app: web.Application, revocations: Revocations) -> ApiKeyService:
+    """API keys, with their last uses written every minute by every process (each writes
+    its own) and once more at shutdown."""
+    keys = ApiKeyService(app[PG_POOL], revocations, app[BUS])
+    app[BUS].subscribe(events.ACCESS_REVOKED, keys.on_access_revoked)
+    app[PERIODIC]["api_key_last_use"] = Periodic("api_key_last_use", LAST_USED_FLUSH_S,
+                                                 keys.flush_last_use)
+    app[METRICS].counter("remotegpu_api_key_last_use_writes", "API key rows whose "
+                         "last_used_at was written (one per key and minute at most)",
+                         lambda: keys.last_use.writes)
+    app[METRICS].counter("remotegpu_api_key_reads", "API key rows read from PostgreSQL to "
+                         "authenticate (not in the in-memory cache)", lambda: keys.lookups)
+    return keys
+
+
+async def _flush_key_use(app: web.Application) -> None:
+    """After the periodic flush stopped: the last minute of uses, within the grace time."""
+    try:
+        async with asyncio.timeout(app[SHUTDOWN].left(_FOLLOW_UPS_SHARE)):
+            await app[API_KEYS].flush_last_use()
+    except (TimeoutError, *db.UNAVAILABLE_ERRORS) as exc:
+        log.warning("API key last uses not written at shutdown", extra={"error": repr(exc)})
 
 
 async def _audit_trail(app: web.Application) -> AsyncIterator[None]:

@@ -4,23 +4,27 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
+import asyncpg
 from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
 from api.keys import AUDIT
-from api.models import Page, PageQuery
+from api.models import FilterTime, Page, PageQuery, UserId
 from api.routing import Routes
+from services.ids import API_KEY, format_id
 from storage.audit import AuditFilter
 
 routes = Routes("audit")
 
 
 class AuditQuery(PageQuery):
-    user_id: int | None = Field(None, ge=0)
+    user_id: UserId | None = None
     method: Literal["POST", "PUT", "PATCH", "DELETE"] | None = None
     path: str | None = Field(None, max_length=512, description="path prefix")
-    since: AwareDatetime | None = Field(None, alias="from", description="inclusive, RFC 3339")
-    until: AwareDatetime | None = Field(None, alias="to", description="exclusive, RFC 3339")
+    since: FilterTime | None = Field(None, alias="from",
+                                     description="inclusive; RFC 3339 with a zone, in 1970..2099")
+    until: FilterTime | None = Field(None, alias="to",
+                                     description="exclusive; RFC 3339 with a zone, in 1970..2099")
 
 
 class AuditLogItem(BaseModel):
@@ -36,6 +40,14 @@ class AuditLogItem(BaseModel):
     trace_id: str
     duration_ms: float
     created_at: AwareDatetime
+    api_key_id: str | None = Field(description="the API key that acted (`key-N`), or null",
+                                   examples=["key-12"])
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> AuditLogItem:
+        key_id = row["api_key_id"]
+        return cls.model_validate(
+            {**dict(row), "api_key_id": None if key_id is None else format_id(API_KEY, key_id)})
 
 
 @routes.get("/api/v1/admin/audit-logs", access="audit:read", summary="List audit records",
@@ -47,6 +59,6 @@ async def list_audit_logs(request: web.Request, query: AuditQuery) -> Page[Audit
                       since=query.since, until=query.until)
     result = await request.app[AUDIT].page(flt, page=query.page, page_size=query.page_size)
     return Page[AuditLogItem](
-        list=[AuditLogItem.model_validate(dict(row)) for row in result.rows],
+        list=[AuditLogItem.from_row(row) for row in result.rows],
         total=result.total, page=query.page, page_size=query.page_size,
     )

@@ -5,11 +5,12 @@ from __future__ import annotations
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.keys import AUTH, PRINCIPAL
+from api.keys import AUTH, PRINCIPAL, USERS
 from api.middlewares import client_ip
 from api.models import Body
 from api.routing import AUTHENTICATED, PUBLIC, Routes
 from services.errors import ErrorCode
+from services.rules import PASSWORD_MAX, PASSWORD_MIN
 
 routes = Routes("auth")
 
@@ -26,6 +27,12 @@ class RefreshIn(Body):
 
 class LogoutIn(Body):
     refresh_token: str | None = Field(None, max_length=256)
+
+
+class PasswordChange(Body):
+    # Like login's, the current password is any string and simply fails when wrong.
+    current_password: str = Field(max_length=1024)
+    new_password: str = Field(min_length=PASSWORD_MIN, max_length=PASSWORD_MAX)
 
 
 class LoginOut(BaseModel):
@@ -78,8 +85,9 @@ async def refresh(request: web.Request, body: RefreshIn) -> RefreshOut:
 
 @routes.post(
     "/api/v1/auth/logout", access=AUTHENTICATED, summary="End this login",
-    body=LogoutIn, response=None,
-    description="The access token and every refresh token of its login stop working at once.",
+    body=LogoutIn, response=None, errors=(ErrorCode.FORBIDDEN,),
+    description="The access token and every refresh token of its login stop working at once. "
+                "An API key has no login to end (40301): revoke the key instead.",
 )
 async def logout(request: web.Request, body: LogoutIn) -> None:
     await request.app[AUTH].logout(request[PRINCIPAL], body.refresh_token)
@@ -91,3 +99,17 @@ async def profile(request: web.Request) -> ProfileOut:
     principal = request[PRINCIPAL]
     return ProfileOut(id=principal.user_id, username=principal.username, role=principal.role,
                       tenant_id=principal.tenant_id, permissions=sorted(principal.permissions))
+
+
+@routes.post(
+    "/api/v1/auth/password", access=AUTHENTICATED, summary="Change one's own password",
+    body=PasswordChange, response=None,
+    errors=(ErrorCode.BAD_CREDENTIALS, ErrorCode.FORBIDDEN, ErrorCode.RATE_LIMITED),
+    description="A wrong current password is 40103 and changes nothing (guesses count against "
+                "the login rate limit: 429). Every other login of the user ends at once; "
+                "this one goes on. Not with an API key (40301).",
+)
+async def change_password(request: web.Request, body: PasswordChange) -> None:
+    await request.app[USERS].change_own_password(
+        request[PRINCIPAL], current=body.current_password, new=body.new_password,
+        client_ip=client_ip(request) or "")

@@ -9,7 +9,7 @@ from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
 from api.items import JobRef
 from api.keys import PRINCIPAL, STATE, TELEMETRY, TENANT_MACHINES
-from api.models import Body
+from api.models import Body, MachinePath
 from api.monitoring import Trend, TrendQueryOwn
 from api.routing import Routes
 from services.errors import ErrorCode
@@ -33,6 +33,8 @@ class CustomerMachine(BaseModel):
     ssh_user: str
     jupyter_url: str | None
     expires_at: AwareDatetime
+    last_heartbeat_at: AwareDatetime | None = Field(
+        description="when the hub last received a frame of the machine's agent; null if never")
 
 
 class Connection(BaseModel):
@@ -55,11 +57,13 @@ class SshResetIn(Body):
 async def my_machines(request: web.Request) -> list[CustomerMachine]:
     rows = await request.app[TENANT_MACHINES].list(request[PRINCIPAL].tenant_id)
     state = request.app[STATE]
-    return [CustomerMachine.model_validate({**dict(r), "gpu_util": state.gpu_util(r["id"])})
-            for r in rows]
+    return [CustomerMachine.model_validate({
+        **dict(r), "gpu_util": state.gpu_util(r["id"]),
+        "last_heartbeat_at": state.last_heard(r["id"], r["last_heartbeat_at"])}) for r in rows]
 
 
 @routes.get("/api/v1/customer/machines/{id}/connection", access="tenant:machine:read",
+            path_params=MachinePath,
             summary="How to reach one of my machines", response=Connection,
             errors=(ErrorCode.NOT_FOUND,))
 async def connection(request: web.Request) -> Connection:
@@ -71,6 +75,7 @@ async def connection(request: web.Request) -> Connection:
 
 
 @routes.post("/api/v1/customer/machines/{id}/ssh-reset", access="tenant:machine:operate",
+             path_params=MachinePath,
              summary="Reset SSH access to one of my machines", body=SshResetIn,
              response=JobRef, errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
              description="Creates an `ssh_reset` job for the machine's agent.")
@@ -82,6 +87,7 @@ async def ssh_reset(request: web.Request, body: SshResetIn) -> JobRef:
 
 
 @routes.get("/api/v1/customer/machines/{id}/metrics", access="tenant:machine:read",
+            path_params=MachinePath,
             summary="GPU utilisation of one of my machines over time", query=TrendQueryOwn,
             response=Trend, errors=(ErrorCode.NOT_FOUND,),
             description="Same shape as the admin gpu-trend; only data since the lease began.")

@@ -13,7 +13,7 @@ from aiohttp import web
 from pydantic import BaseModel, ValidationError
 
 from api.keys import TRACE_ID
-from services.errors import NUL_MESSAGE, ErrorCode, Malformed, ValidationFailed
+from services.errors import NUL_MESSAGE, ErrorCode, Malformed, NotFound, ValidationFailed
 from services.rules import find_nul
 
 M = TypeVar("M", bound=BaseModel)
@@ -50,9 +50,13 @@ def field_path(loc: tuple[int | str, ...]) -> str:
     return path
 
 
+# Contract wording where pydantic's differs.
+_MESSAGES = {"extra_forbidden": "unknown field"}
+
+
 def validation_errors(exc: ValidationError) -> list[dict[str, str]]:
     return [
-        {"field": field_path(err["loc"]), "message": err["msg"]}
+        {"field": field_path(err["loc"]), "message": _MESSAGES.get(err["type"], err["msg"])}
         for err in exc.errors(include_url=False, include_input=False)
     ]
 
@@ -88,3 +92,11 @@ def parse_query(request: web.Request, model: type[M]) -> M:
         return model.model_validate(values)
     except ValidationError as exc:
         raise ValidationFailed(validation_errors(exc)) from None
+
+
+def parse_path(request: web.Request, model: type[M]) -> M:
+    """A malformed id is simply not found (CONTRACT.md §1)."""
+    try:
+        return model.model_validate(dict(request.match_info))
+    except ValidationError:
+        raise NotFound() from None

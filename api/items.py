@@ -30,13 +30,17 @@ class AllocationItem(BaseModel):
         return cls.model_validate({**dict(row), "id": format_id(ALLOCATION, row["id"])})
 
 
+JobKind = Literal["reclaim", "ssh_reset", "mount_dataset", "unmount_dataset", "task_start",
+                  "task_stop"]
+JobStatus = Literal["pending", "sent", "running", "succeeded", "failed", "timeout", "cancelled"]
+
+
 class JobItem(BaseModel):
     id: str = Field(examples=["job-888"])
-    kind: Literal["reclaim", "ssh_reset", "mount_dataset", "task_start", "task_stop"]
+    kind: JobKind
     machine_id: str
     tenant_id: int | None
-    status: Literal["pending", "sent", "running", "succeeded", "failed", "timeout",
-                    "cancelled"]
+    status: JobStatus
     result: Any = None
     error: str | None
     created_at: AwareDatetime
@@ -49,3 +53,14 @@ class JobItem(BaseModel):
 
 class JobRef(BaseModel):
     job_id: str = Field(examples=["job-888"])
+
+
+class UserItem(BaseModel):
+    id: int
+    username: str
+    role: Literal["admin", "operator", "customer"]
+    tenant_id: int = Field(description="0 for platform staff")
+    tenant_name: str | None = Field(description="null for platform staff")
+    status: Literal["active", "disabled"]
+    created_at: AwareDatetime
+    last_login_at: AwareDatetime | None

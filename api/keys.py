@@ -22,6 +22,7 @@ from hub.topics import Topics
 from services.agents import AgentAuth, AgentIdentity
 from services.alerts import AlertService
 from services.allocations import AllocationService
+from services.api_keys import ApiKeyService
 from services.audit import AuditTrail
 from services.auth import AuthService, Principal
 from services.customers import CustomerService
@@ -32,6 +33,8 @@ from services.machines import MachineService
 from services.settings import Settings
 from services.telemetry import TelemetryService, TimescaleJobs
 from services.tenant_machines import TenantMachineService
+from services.usage import UsageService
+from services.users import UserService
 from storage.cache import Keys
 
 SETTINGS = web.AppKey("settings", Settings)
@@ -39,12 +42,14 @@ PG_POOL = web.AppKey("pg_pool", asyncpg.Pool)
 REDIS = web.AppKey("redis", redis.Redis)
 REDIS_KEYS = web.AppKey("redis_keys", Keys)
 AUTH = web.AppKey("auth", AuthService)
+API_KEYS = web.AppKey("api_keys", ApiKeyService)
 AUDIT = web.AppKey("audit", AuditTrail)
 MACHINES = web.AppKey("machines", MachineService)
 IMPORTS = web.AppKey("imports", ImportService)
 ALLOCATIONS = web.AppKey("allocations", AllocationService)
 JOBS = web.AppKey("jobs", JobService)
 CUSTOMERS = web.AppKey("customers", CustomerService)
+USERS = web.AppKey("users", UserService)
 DASHBOARD = web.AppKey("dashboard", DashboardService)
 TENANT_MACHINES = web.AppKey("tenant_machines", TenantMachineService)
 PERIODIC = web.AppKey("periodic", dict[str, Periodic])
@@ -66,6 +71,7 @@ OPENAPI = web.AppKey("openapi", dict)
 SHUTDOWN = web.AppKey("shutdown", ShutdownClock)
 READINESS = web.AppKey("readiness", ReadinessProbes)
 TIMESCALE_JOBS = web.AppKey("timescale_jobs", TimescaleJobs)
+USAGE = web.AppKey("usage", UsageService)
 
 TRACE_ID = web.RequestKey("trace_id", str)
 PRINCIPAL = web.RequestKey("principal", Principal)

@@ -5,12 +5,14 @@ from __future__ import annotations
 from typing import Annotated, Any, Literal
 
 from aiohttp import web
+from aiohttp.http import HttpProcessingError
 from pydantic import AwareDatetime, BaseModel, Field, StringConstraints
 
 from api.items import AllocationItem
 from api.keys import ALLOCATIONS, IMPORTS, MACHINES, PRINCIPAL, STATE
-from api.models import Body, Page, PageQuery, Query
+from api.models import Body, LeaseStart, MachinePath, Page, PageQuery, Query, TenantId
 from api.routing import Routes
+from hub.state import LatestState
 from services import imports
 from services.errors import ErrorCode, Malformed, ServiceError
 from services.ids import ALLOCATION, JOB, format_id
@@ -25,7 +27,7 @@ class MachineQuery(PageQuery):
     status: Literal["online", "offline"] | None = None
     allocation_status: Literal["idle", "allocated", "maintenance"] | None = None
     region: str | None = Field(None, max_length=64)
-    tenant_id: int | None = Field(None, ge=0)
+    tenant_id: TenantId | None = None
     keyword: str | None = Field(None, max_length=128, description="part of id, name or ip")
 
 
@@ -49,7 +51,8 @@ class MachineItem(BaseModel):
     tenant_id: int | None
     tenant_name: str | None
     expires_at: AwareDatetime | None
-    last_heartbeat_at: AwareDatetime | None
+    last_heartbeat_at: AwareDatetime | None = Field(
+        description="when the hub last received a frame of the machine's agent; null if never")
     gpu_util: float | None = Field(None, description="mean utilisation of the GPUs, percent; "
                                                      "null until the agent reports")
     ssh_host: str
@@ -135,9 +138,10 @@ class TemplateQuery(Query):
 
 
 class AllocateIn(Body):
-    tenant_id: int
+    tenant_id: TenantId
     duration_months: int = Field(ge=1, le=36)
-    start_time: AwareDatetime | None = Field(None, description="default now; may be in the past")
+    start_time: LeaseStart | None = Field(
+        None, description="default now; within 10 years of now, past (back-dating) or future")
     remark: str | None = Field(None, max_length=1024)
 
 
@@ -152,12 +156,21 @@ class ReclaimIn(Body):
 
 
 class ReclaimOut(BaseModel):
-    task_id: str = Field(description="the reclaim job (see GET /api/v1/jobs/{id})")
+    task_id: str = Field(description="the reclaim job (see GET /api/v1/jobs/{id}); the "
+                                     "seed's name for it")
+    job_id: str = Field(description="the same job id as `task_id`")
     allocation_id: str
 
 
 def _machine_id(request: web.Request) -> str:
     return request.match_info["id"]
+
+
+def _live(state: LatestState, row: Any) -> dict[str, Any]:
+    """What the latest sample adds to a stored machine: its GPU utilisation, and when the
+    hub received it (a stored last_heartbeat_at lags by up to a monitor interval)."""
+    return {"gpu_util": state.gpu_util(row["id"]),
+            "last_heartbeat_at": state.last_heard(row["id"], row["last_heartbeat_at"])}
 
 
 @routes.get("/api/v1/admin/machines", access="machine:read", summary="List machines",
@@ -170,9 +183,8 @@ async def list_machines(request: web.Request, query: MachineQuery) -> Page[Machi
     rows, total = await request.app[MACHINES].page(flt, limit=query.page_size,
                                                    offset=query.offset)
     state = request.app[STATE]
-    return Page[MachineItem](
-        list=[MachineItem.from_row(r, gpu_util=state.gpu_util(r["id"])) for r in rows],
-        total=total, page=query.page, page_size=query.page_size)
+    return Page[MachineItem](list=[MachineItem.from_row(r, **_live(state, r)) for r in rows],
+                             total=total, page=query.page, page_size=query.page_size)
 
 
 @routes.post("/api/v1/admin/machines", access="machine:write", summary="Register a machine",
@@ -185,6 +197,7 @@ async def create_machine(request: web.Request, body: MachineSpec) -> MachineCrea
 
 
 @routes.get("/api/v1/admin/machines/{id}", access="machine:read", summary="Machine detail",
+            path_params=MachinePath,
             response=MachineDetail, errors=(ErrorCode.NOT_FOUND,))
 async def get_machine(request: web.Request) -> MachineDetail:
     detail = await request.app[MACHINES].detail(_machine_id(request))
@@ -201,18 +214,21 @@ async def get_machine(request: web.Request) -> MachineDetail:
                                               "power")} for g in sample.gpus]
     return MachineDetail.from_row(detail.machine, gpus=[dict(g) for g in detail.gpus],
                                   allocation=allocation, latest=latest,
-                                  gpu_util=sample.gpu_util if sample else None)
+                                  **_live(request.app[STATE], detail.machine))
 
 
 @routes.patch("/api/v1/admin/machines/{id}", access="machine:write",
+              path_params=MachinePath,
               summary="Change a machine's descriptive fields", body=MachinePatch,
               response=MachineItem, errors=(ErrorCode.NOT_FOUND,),
               description="`status` and `allocation_status` cannot be changed here (400).")
 async def patch_machine(request: web.Request, body: MachinePatch) -> MachineItem:
-    return MachineItem.from_row(await request.app[MACHINES].patch(_machine_id(request), body))
+    row = await request.app[MACHINES].patch(_machine_id(request), body)
+    return MachineItem.from_row(row, **_live(request.app[STATE], row))
 
 
 @routes.delete("/api/v1/admin/machines/{id}", access="machine:write",
+               path_params=MachinePath,
                summary="Delete an idle machine", response=None,
                errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT))
 async def delete_machine(request: web.Request) -> None:
@@ -220,16 +236,19 @@ async def delete_machine(request: web.Request) -> None:
 
 
 @routes.post("/api/v1/admin/machines/{id}/maintenance", access="machine:write",
+             path_params=MachinePath,
              summary="Put an idle machine in maintenance, or take it out", body=MaintenanceIn,
              response=MachineItem, errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
              description="Only a machine with no open lease and no reclaim in flight.")
 async def set_maintenance(request: web.Request, body: MaintenanceIn) -> MachineItem:
     machines = request.app[MACHINES]
     await machines.set_maintenance(_machine_id(request), body.enabled, body.reason)
-    return MachineItem.from_row(await machines.get(_machine_id(request)))
+    row = await machines.get(_machine_id(request))
+    return MachineItem.from_row(row, **_live(request.app[STATE], row))
 
 
 @routes.post("/api/v1/admin/machines/{id}/agent-token", access="machine:write",
+             path_params=MachinePath,
              summary="Rotate the agent token", response=AgentToken,
              errors=(ErrorCode.NOT_FOUND,),
              description="The old token stops working at once; the new one is shown once.")
@@ -240,13 +259,15 @@ async def rotate_agent_token(request: web.Request) -> AgentToken:
 
 @routes.post("/api/v1/admin/machines/import", access="machine:write",
              summary="Import machines from .xlsx or .csv", query=ImportQuery,
-             response=ImportResult,
+             upload="file", response=ImportResult,
              errors=(ErrorCode.VALIDATION, ErrorCode.MALFORMED, ErrorCode.TOO_LARGE),
              description="multipart/form-data with a `file` part; columns are the create "
                          "fields. All rows valid: all created in one transaction; otherwise "
                          "nothing is created and `data.errors` lists `{row, field, message}` "
-                         f"(header = row 1). At most {imports.MAX_BYTES // 2**20} MiB and "
-                         f"{imports.MAX_ROWS} rows.")
+                         f"(header = row 1). At most {imports.MAX_BYTES // 2**20} MiB "
+                         f"({imports.MAX_XLSX_EXPANDED_BYTES // 2**20} MiB once an .xlsx is "
+                         f"decompressed) and {imports.MAX_ROWS} rows; columns after the "
+                         f"{imports.MAX_COLUMNS}th are not read.")
 async def import_machines(request: web.Request, query: ImportQuery) -> ImportResult:
     data, kind = await _read_upload(request)
     result = await request.app[IMPORTS].run(data, kind, dry_run=query.dry_run)
@@ -255,9 +276,23 @@ async def import_machines(request: web.Request, query: ImportQuery) -> ImportRes
                                   for m in result.machines])
 
 
+# What aiohttp's multipart reader raises on a body that is not the multipart it claims to
+# be: ValueError (no boundary, one too long, not found, a part cut short, an undecodable
+# `_charset_` part), RuntimeError (a `_charset_` part too long), HttpProcessingError (part
+# headers malformed, too long or too many).
+_MALFORMED_MULTIPART = (ValueError, RuntimeError, HttpProcessingError)
+
+
 async def _read_upload(request: web.Request) -> tuple[bytes, str]:
     if request.content_type != "multipart/form-data":
         raise Malformed("expected multipart/form-data with a `file` part")
+    try:
+        return await _file_part(request)
+    except _MALFORMED_MULTIPART:
+        raise Malformed("malformed multipart/form-data body") from None
+
+
+async def _file_part(request: web.Request) -> tuple[bytes, str]:
     reader = await request.multipart()
     async for part in reader:
         if part.name != "file":
@@ -294,6 +329,7 @@ async def import_template(request: web.Request, query: TemplateQuery) -> web.Res
 
 
 @routes.post("/api/v1/admin/machines/{id}/allocate", access="allocation:write",
+             path_params=MachinePath,
              summary="Lease one idle machine to a tenant", body=AllocateIn,
              response=AllocationRef,
              errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
@@ -309,6 +345,7 @@ async def allocate_machine(request: web.Request, body: AllocateIn) -> Allocation
 
 
 @routes.post("/api/v1/admin/machines/{id}/reclaim", access="allocation:write",
+             path_params=MachinePath,
              summary="Reclaim a leased machine", body=ReclaimIn, response=ReclaimOut,
              message="Reclaim process started",
              errors=(ErrorCode.NOT_FOUND, ErrorCode.CONFLICT),
@@ -322,6 +359,7 @@ async def reclaim_machine(request: web.Request, body: ReclaimIn) -> ReclaimOut:
         _machine_id(request), reason=body.reason, force=body.force,
         actor=request[PRINCIPAL].user_id,
     )
-    return ReclaimOut(task_id=format_id(JOB, reclaim.job_id),
+    job_id = format_id(JOB, reclaim.job_id)
+    return ReclaimOut(task_id=job_id, job_id=job_id,
                       allocation_id=format_id(ALLOCATION, reclaim.allocation_id))
 

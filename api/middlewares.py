@@ -136,6 +136,7 @@ async def audit(request: web.Request, handler: Handler) -> web.StreamResponse:
         status=response.status,
         trace_id=request[TRACE_ID],
         duration_ms=round((time.perf_counter() - started) * 1000, 3),
+        api_key_id=principal.api_key_id if principal else None,
     ))
     return response
 
@@ -148,7 +149,7 @@ async def _audit_body(request: web.Request) -> Any:
     try:
         raw = await request.read()
         return redact(orjson.loads(raw)) if raw else None
-    except (web.HTTPException, orjson.JSONDecodeError):
+    except (web.HTTPException, web.RequestPayloadError, orjson.JSONDecodeError):
         return None
 
 
@@ -178,6 +179,11 @@ def error_middleware(unavailable: dict[type[BaseException], str]) -> Middleware:
             if code is None:
                 code = ErrorCode.INTERNAL if exc.status >= 500 else ErrorCode.MALFORMED
             return error_response(request, code, code.default_message)
+        except web.RequestPayloadError:
+            # The body cannot be read as sent (a broken Content-Encoding or chunking): the
+            # client's fault, like malformed JSON.
+            return error_response(request, ErrorCode.MALFORMED,
+                                  "the request body cannot be read as sent")
         except unavailable_types as exc:
             dependency = next(name for kind, name in unavailable.items() if isinstance(exc, kind))
             log.warning("dependency unavailable", extra={"dependency": dependency,

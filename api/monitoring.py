@@ -10,6 +10,7 @@ from pydantic import BaseModel, Field
 from api.keys import TELEMETRY
 from api.models import Query
 from api.routing import Routes
+from services.errors import ErrorCode
 
 routes = Routes("monitoring")
 
@@ -67,7 +68,7 @@ async def realtime(request: web.Request) -> Realtime:
 
 @routes.get("/api/v1/admin/dashboard/gpu-trend", access="monitoring:read",
             summary="GPU utilisation over time, fleet-wide or for one machine",
-            query=TrendQuery, response=Trend,
+            query=TrendQuery, response=Trend, errors=(ErrorCode.NOT_FOUND,),
             description="1h: 1 min buckets, 6h: 5 min, 24h: 15 min, 7d: 1 h, 30d: 6 h. Oldest "
                         "first, up to and including the current bucket; empty buckets are "
                         "left out. Ranges above 6 h read only the rollups.")

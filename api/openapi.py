@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from pydantic import TypeAdapter
 
-from api.routing import PUBLIC, Endpoint
+from api.routing import PATH_PARAM, PUBLIC, Endpoint
 from services.errors import ErrorCode
 
 _REF_TEMPLATE = "#/components/schemas/{model}"
-_PATH_PARAM = re.compile(r"{(\w+)(?::[^}]+)?}")
 
 _ERROR_SCHEMA = {
     "type": "object",
@@ -44,7 +42,7 @@ def build_document(endpoints: list[Endpoint], *, title: str, version: str) -> di
     schemas = _Schemas()
     paths: dict[str, dict[str, Any]] = {}
     for endpoint in endpoints:
-        path = _PATH_PARAM.sub(r"{\1}", endpoint.path)
+        path = PATH_PARAM.sub(r"{\1}", endpoint.path)
         paths.setdefault(path, {})[endpoint.method.lower()] = _operation(endpoint, schemas)
     return {
         "openapi": "3.1.0",
@@ -76,9 +74,11 @@ def _operation(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
     }
     if endpoint.description:
         operation["description"] = endpoint.description
-    parameters = _path_parameters(endpoint.path)
+    parameters = []
+    if endpoint.path_params is not None:
+        parameters += _parameters(endpoint.path_params, "path", schemas)
     if endpoint.query is not None:
-        parameters += _query_parameters(endpoint.query, schemas)
+        parameters += _parameters(endpoint.query, "query", schemas)
     if parameters:
         operation["parameters"] = parameters
     if endpoint.body is not None:
@@ -87,6 +87,11 @@ def _operation(endpoint: Endpoint, schemas: _Schemas) -> dict[str, Any]:
             "content": {"application/json": {"schema": schemas.schema_of(endpoint.body,
                                                                          "validation")}},
         }
+    if endpoint.upload is not None:
+        operation["requestBody"] = {"required": True, "content": {"multipart/form-data": {
+            "schema": {"type": "object", "required": [endpoint.upload], "properties": {
+                endpoint.upload: {"type": "string", "format": "binary"}}},
+        }}}
     return operation
 
 
@@ -123,21 +128,28 @@ def _failures(endpoint: Endpoint) -> dict[str, Any]:
     return responses
 
 
-def _path_parameters(path: str) -> list[dict[str, Any]]:
-    return [
-        {"name": name, "in": "path", "required": True, "schema": {"type": "string"}}
-        for name in _PATH_PARAM.findall(path)
-    ]
-
-
-def _query_parameters(model: Any, schemas: _Schemas) -> list[dict[str, Any]]:
+def _parameters(model: Any, where: str, schemas: _Schemas) -> list[dict[str, Any]]:
     schema = schemas.schema_of(model, "validation")
     required = set(schema.get("required", ()))
     parameters = []
     for name, prop in schema.get("properties", {}).items():
-        parameter: dict[str, Any] = {"name": name, "in": "query", "required": name in required,
+        prop = _without_null(prop)
+        parameter: dict[str, Any] = {"name": name, "in": where,
+                                     "required": where == "path" or name in required,
                                      "schema": prop}
         if "description" in prop:
             parameter["description"] = prop["description"]
         parameters.append(parameter)
     return parameters
+
+
+def _without_null(prop: dict[str, Any]) -> dict[str, Any]:
+    """An optional parameter is left out, never sent as null: ``int | None = None`` is
+    documented as an integer that is not required."""
+    variants = prop.get("anyOf")
+    if variants is None or {"type": "null"} not in variants:
+        return prop
+    rest = [variant for variant in variants if variant != {"type": "null"}]
+    unwrapped = {key: value for key, value in prop.items()
+                 if key != "anyOf" and not (key == "default" and value is None)}
+    return {**rest[0], **unwrapped} if len(rest) == 1 else {**unwrapped, "anyOf": rest}

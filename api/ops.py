@@ -1,4 +1,5 @@
-"""Operations endpoints: liveness, readiness, Prometheus metrics."""
+"""Operations endpoints: liveness and readiness. Prometheus metrics have a listener of
+their own (api/metrics_listener.py), off the API port."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ from typing import Literal
 from aiohttp import web
 from pydantic import BaseModel, Field
 
-from api.keys import METRICS, READINESS, TIMESCALE_JOBS
+from api.keys import READINESS, TIMESCALE_JOBS
 from api.routing import PUBLIC, Routes
 from services.errors import ErrorCode, Unavailable
 
@@ -56,11 +57,3 @@ async def readyz(request: web.Request) -> Readiness:
         raise Unavailable("not ready", data=readiness.model_dump(mode="json",
                                                                  exclude_none=True))
     return readiness
-
-
-@routes.get("/metrics", access=PUBLIC, summary="Prometheus metrics",
-            raw_content_type="text/plain; version=0.0.4",
-            description="Keep this port private or filter /metrics at the proxy.")
-async def metrics(request: web.Request) -> web.Response:
-    return web.Response(body=request.app[METRICS].render(),
-                        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"})

@@ -9,6 +9,10 @@ A handler is declared with its method, path, access, models and failure codes::
                  errors=(ErrorCode.BAD_CREDENTIALS,), summary="Log in")
     async def login(request: web.Request, body: LoginIn) -> TokenOut: ...
 
+Path parameters are declared as a model (``path_params=MachinePath``): a value that does
+not fit is 404, and the document states each one's shape. A multipart upload names its
+file part (``upload="file"``) for the document; the handler reads it.
+
 ``access`` is required: a permission string (``"machine:read"``), ``AUTHENTICATED`` (any
 logged-in user), ``AGENT`` (a machine's agent token) or ``PUBLIC``. The app refuses to
 start if any route was added without a declaration (``check_all_declared``), so nothing
@@ -17,6 +21,7 @@ is public by accident.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
@@ -24,14 +29,16 @@ from typing import Any
 from aiohttp import web
 from pydantic import BaseModel, TypeAdapter
 
-from api.envelope import json_response, parse_body, parse_query
-from services.errors import ErrorCode, NotFound
+from api.envelope import json_response, parse_body, parse_path, parse_query
+from services.errors import ErrorCode
 
 PUBLIC = "public"
 AUTHENTICATED = "authenticated"
 AGENT = "agent"  # a machine's agent token; user tokens are refused
 
 Handler = Callable[..., Awaitable[Any]]
+
+PATH_PARAM = re.compile(r"{(\w+)(?::[^}]+)?}")
 
 
 @dataclass(frozen=True)
@@ -44,6 +51,8 @@ class Endpoint:
     name: str
     body: type[BaseModel] | None = None
     query: type[BaseModel] | None = None
+    path_params: type[BaseModel] | None = None
+    upload: str | None = None
     response: Any = None
     errors: tuple[ErrorCode, ...] = ()
     message: str = "ok"
@@ -65,6 +74,8 @@ class Endpoint:
             codes += [ErrorCode.VALIDATION, ErrorCode.MALFORMED, ErrorCode.TOO_LARGE]
         if self.query is not None:
             codes.append(ErrorCode.VALIDATION)
+        if self.path_params is not None:
+            codes.append(ErrorCode.NOT_FOUND)
         if self.access == AGENT:
             codes.append(ErrorCode.UNAUTHENTICATED)
         elif self.access != PUBLIC:
@@ -94,6 +105,7 @@ class Routes:
         def register(handler: Handler) -> Handler:
             endpoint = Endpoint(method=method, path=path, access=access, summary=summary,
                                 tag=self.tag, name=handler.__name__, **options)
+            _check_path_params(endpoint)
             wrapped = _wrapped(endpoint, handler)
             wrapped.endpoint = endpoint  # type: ignore[attr-defined]
             self.table.route(method, path, name=f"{self.tag}.{endpoint.name}")(wrapped)
@@ -124,8 +136,8 @@ def _wrapped(endpoint: Endpoint, handler: Handler) -> Handler:
         None if endpoint.raw_content_type else TypeAdapter(endpoint.response))
 
     async def handle(request: web.Request) -> web.StreamResponse:
-        if any("\x00" in value for value in request.match_info.values()):
-            raise NotFound()  # no id can contain NUL (PostgreSQL text cannot)
+        if endpoint.path_params is not None:
+            parse_path(request, endpoint.path_params)
         kwargs: dict[str, Any] = {}
         if endpoint.body is not None:
             kwargs["body"] = await parse_body(request, endpoint.body)
@@ -139,6 +151,16 @@ def _wrapped(endpoint: Endpoint, handler: Handler) -> Handler:
     handle.__name__ = handler.__name__
     handle.__doc__ = handler.__doc__
     return handle
+
+
+def _check_path_params(endpoint: Endpoint) -> None:
+    """Every path parameter is declared, so none reaches a handler (or the database)
+    unchecked and the document gives each its shape."""
+    names = set(PATH_PARAM.findall(endpoint.path))
+    declared = set(endpoint.path_params.model_fields) if endpoint.path_params else set()
+    if names != declared:
+        raise TypeError(f"{endpoint.method} {endpoint.path}: path parameters {sorted(names)} "
+                        f"declared as {sorted(declared)}")
 
 
 def check_all_declared(app: web.Application) -> None:

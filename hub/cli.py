@@ -23,6 +23,7 @@ except ImportError:  # a platform without uvloop (Windows): the standard loop
 
 from agent_mock import cli as agent_mock_cli
 from api.app import create_app
+from api.metrics_listener import MetricsListenError
 from api.shutdown import REQUESTS_SHARE
 from services import logs
 from services.accounts import create_admin
@@ -95,7 +96,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             password = args.password if args.password is not None else _read_password()
             outcome = asyncio.run(_create_admin(settings, args.username, password, args.reset))
             print(f"admin {args.username!r} {outcome}")
-    except (CommandError, MigrationError, PrefixTaken) as exc:
+    except (CommandError, MigrationError, PrefixTaken, MetricsListenError) as exc:
         print(f"remotegpu: {exc}", file=sys.stderr)
         return 1
     except ServiceError as exc:

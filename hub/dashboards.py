@@ -272,12 +272,14 @@ class DashboardSockets:
                 log.warning("dashboard seats not renewed", extra={"error": type(exc).__name__})
 
     def on_access_revoked(self, data: dict[str, Any]) -> None:
-        """Close the sessions an ``access_revoked`` event names (login sessions, or every
-        user of a disabled tenant)."""
+        """Close the sessions an ``access_revoked`` event names (login sessions, every
+        session of a user, or of every user of a disabled tenant)."""
         sids = set(data.get("sids") or ())
         tenant_id = data.get("tenant_id")
+        user_id = data.get("user_id")
         for sub in self._fanout.subscribers():
-            if sub.sid in sids or (tenant_id is not None and sub.tenant_id == tenant_id):
+            if (sub.sid in sids or (tenant_id is not None and sub.tenant_id == tenant_id)
+                    or (user_id is not None and sub.user_id == user_id)):
                 close_now(sub, CLOSE_UNAUTHENTICATED, "session revoked")
 
     async def close_all(self, grace_s: float) -> None:

@@ -82,7 +82,7 @@ class TelemetryMaintenance:
         state = await telemetry.rollup_state(self._pool)
         # Always every minute since the last run (at most a day back), even if a mark was
         # lost, plus any older minute a late frame landed in.
-        start = max(_aware(state["1m"]), upto - CATCH_UP)
+        start = max(state["1m"], upto - CATCH_UP)
         minutes = {start + timedelta(minutes=i)
                    for i in range(int((upto - start).total_seconds() // 60))}
         marks = await self._dirty.before(upto)
@@ -115,11 +115,3 @@ class TelemetryMaintenance:
             minutes_before=datetime.now(UTC) - timedelta(days=MINUTE_RETENTION_DAYS),
             hours_before=datetime.now(UTC) - timedelta(days=HOUR_RETENTION_DAYS),
         )
-
-
-def _aware(moment: datetime) -> datetime:
-    """asyncpg gives +-infinity as naive datetime.min/max."""
-    if moment.tzinfo is None:
-        return datetime.min.replace(tzinfo=UTC) if moment.year == 1 else datetime.max.replace(
-            tzinfo=UTC)
-    return moment

@@ -5,6 +5,7 @@ processes through the bus, and by machine_status events."""
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 
@@ -116,6 +117,16 @@ class LatestState:
     def gpu_util(self, machine_id: str) -> float | None:
         sample = self.samples.get(machine_id)
         return sample.gpu_util if sample is not None else None
+
+    def last_heard(self, machine_id: str, recorded: datetime | None) -> datetime | None:
+        """When the hub last received a frame of the machine: its latest sample's receive
+        time, or ``recorded`` (machines.last_heartbeat_at) when that is later. The stored
+        time is brought up to date by the liveness scan only, every monitor interval."""
+        sample = self.samples.get(machine_id)
+        if sample is None:
+            return recorded
+        received = datetime.fromtimestamp(sample.received, UTC)
+        return received if recorded is None or received > recorded else recorded
 
     def avg_gpu_util(self) -> float | None:
         """Mean of the online machines' latest gpu_util; None when none reports."""

@@ -41,15 +41,15 @@ children=()
 trap 'kill "${children[@]}" 2>/dev/null; wait' EXIT INT TERM
 .venv/bin/remotegpu serve --host 127.0.0.1 --port "$port" >"$logs/hub.log" 2>&1 &
 children+=($!)
-echo "hub pid $! on port $port, log $logs/hub.log"
+echo "hub pid $! on port $port, metrics on port ${REMOTEGPU_METRICS_PORT:-9464}, log $logs/hub.log"
 for _ in $(seq 50); do
     curl -sf "http://127.0.0.1:$port/healthz" >/dev/null && break
     sleep 0.2
 done
 
 if [ "$fleet" -gt 0 ]; then
-    .venv/bin/remotegpu agent-mock --hub "http://127.0.0.1:$port" --machines "$fleet" \
-        --admin-user admin --admin-password "$password" --silent-fraction 0 \
+    REMOTEGPU_ADMIN_PASSWORD="$password" .venv/bin/remotegpu agent-mock \
+        --hub "http://127.0.0.1:$port" --machines "$fleet" --admin-user admin --silent-fraction 0 \
         --summary-interval 0 --tokens-file "$logs/fleet-tokens.json" >"$logs/fleet.log" 2>&1 &
     children+=($!)
     echo "fleet of $fleet machines, pid $!, log $logs/fleet.log"

@@ -18,6 +18,9 @@ allow that many sockets per user (REMOTEGPU_WS_MAX_CONNECTIONS_PER_USER). Exampl
         --admin-user admin --admin-password "$PW" &
     .venv/bin/python loadtest/bench_fanout.py --hub http://127.0.0.1:8080 \\
         --admin-password "$PW" --subscribers 10000 --admin-share 0.02 --duration 60
+
+With ``--api-key`` (or ``REMOTEGPU_API_KEY``) the set-up and the admin sockets use an
+admin's API key instead of logging in with a password.
 """
 
 from __future__ import annotations
@@ -107,11 +110,13 @@ async def _machines(session: aiohttp.ClientSession, hub: str, admin: str) -> lis
         page += 1
 
 
-async def prepare(hub: str, admin_user: str, password: str, tenants: int,
-                  per_tenant: int) -> tuple[str, list[str]]:
-    """The admin's token and one token per tenant user, after leasing machines to them."""
+async def prepare(args: argparse.Namespace) -> tuple[str, list[str]]:
+    """The admin's token (its API key, if given) and one token per tenant user, after
+    leasing machines to them."""
+    hub, tenants, per_tenant = args.hub, args.tenants, args.machines_per_tenant
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        admin = await _login(session, hub, admin_user, password)
+        admin = args.api_key or await _login(session, hub, args.admin_user,
+                                             args.admin_password)
         tenant_ids = [await _tenant(session, hub, admin, n) for n in range(1, tenants + 1)]
         machines = await _machines(session, hub, admin)
         held = Counter(m["tenant_id"] for m in machines if m.get("tenant_id"))
@@ -222,11 +227,12 @@ def _worker(args: argparse.Namespace, index: int, tokens: list[str],
                                           ready, go))))
 
 
-def _tick_totals(hub: str) -> dict[str, float]:
+def _tick_totals(metrics_url: str) -> dict[str, float]:
     """The hub's own account of its ticks: sums and counts of tick durations, by kind."""
 
     async def scrape() -> str:
-        async with aiohttp.ClientSession() as session, session.get(f"{hub}/metrics") as resp:
+        async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
+            resp.raise_for_status()
             return await resp.text()
 
     totals = {}
@@ -254,8 +260,7 @@ def _delays(values: list[float]) -> str:
 
 
 def main(args: argparse.Namespace) -> None:
-    admin, customers = asyncio.run(prepare(args.hub, args.admin_user, args.admin_password,
-                                           args.tenants, args.machines_per_tenant))
+    admin, customers = asyncio.run(prepare(args))
     admins = round(args.subscribers * args.admin_share)
     tokens = [admin] * admins + [customers[i % len(customers)]
                                  for i in range(args.subscribers - admins)]
@@ -280,7 +285,7 @@ def main(args: argparse.Namespace) -> None:
     connect_s = time.monotonic() - started
     time.sleep(2)  # the hub settles its allocations after the burst
     rss_held = _rss(pid)
-    ticks_before = _tick_totals(args.hub)
+    ticks_before = _tick_totals(args.metrics_url)
     go.set()
     total, probe_tally = Tally(), Tally()
     for _ in workers:  # every result first: a worker cannot exit before its result is read
@@ -291,7 +296,7 @@ def main(args: argparse.Namespace) -> None:
     for worker in workers:
         worker.join()
     ticks = {name: value - ticks_before.get(name, 0.0)
-             for name, value in _tick_totals(args.hub).items()}
+             for name, value in _tick_totals(args.metrics_url).items()}
     rss_per_conn = (rss_held - rss_before) / max(1, total.connected)
     print(f"subscribers={args.subscribers} admins={admins} tenants={args.tenants} "
           f"client processes={args.processes} + {len(probes)} probes in their own, "
@@ -320,8 +325,14 @@ def main(args: argparse.Namespace) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hub", default="http://127.0.0.1:8080")
+    parser.add_argument("--metrics-url", default="http://127.0.0.1:9464/metrics",
+                        help="the hub's metrics listener (REMOTEGPU_METRICS_HOST and _PORT; "
+                             "default http://127.0.0.1:9464/metrics)")
     parser.add_argument("--admin-user", default="admin")
     parser.add_argument("--admin-password", default=os.environ.get("REMOTEGPU_ADMIN_PASSWORD"))
+    parser.add_argument("--api-key", default=os.environ.get("REMOTEGPU_API_KEY"),
+                        help="an admin's API key (rgk_...; default $REMOTEGPU_API_KEY), used "
+                             "instead of --admin-user and --admin-password")
     parser.add_argument("--subscribers", type=int, default=1000)
     parser.add_argument("--admin-share", type=float, default=0.02,
                         help="fraction of subscribers that are admins (the rest customers)")

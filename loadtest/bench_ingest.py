@@ -22,6 +22,7 @@ it can target any hub. Examples (hub on :8080, its database reachable with --dsn
         --admin-user admin --admin-password "$(cat var/dev-admin-password)" \\
         --dsn postgresql://postgres@127.0.0.1:5432/remotegpu \\
         --agents 2000 --interval 1 --duration 60 --processes 2
+    REMOTEGPU_API_KEY=rgk_... .venv/bin/python loadtest/bench_ingest.py ...  # no password
     .venv/bin/python loadtest/bench_ingest.py ... --flood --agents 200 --duration 60 \\
         --processes 2 --writer-baseline 15
 """
@@ -69,10 +70,14 @@ async def _login(session: aiohttp.ClientSession, hub: str, user: str, password: 
         return body["data"]["access_token"]
 
 
-async def register(hub: str, user: str, password: str, count: int, prefix: str) -> dict[str, str]:
-    """Create (or take over, by rotating the token) machines prefix00001..; their tokens."""
+async def register(args: argparse.Namespace, count: int) -> dict[str, str]:
+    """Create (or take over, by rotating the token) machines prefix00001..; their tokens.
+    As the admin of ``--api-key``, or else of ``--admin-user`` and ``--admin-password``."""
+    hub, prefix = args.hub, args.prefix
     async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
-        headers = {"Authorization": f"Bearer {await _login(session, hub, user, password)}"}
+        bearer = args.api_key or await _login(session, hub, args.admin_user,
+                                              args.admin_password)
+        headers = {"Authorization": f"Bearer {bearer}"}
         limit = asyncio.Semaphore(20)
 
         async def one(i: int) -> tuple[str, str]:
@@ -307,13 +312,14 @@ async def watch_cpu(pid: int, stop: asyncio.Event, readings: dict[int, float]) -
         await asyncio.sleep(0.1)
 
 
-async def scrape(hub: str, name: str) -> float:
-    return (await scrape_all(hub)).get(name, 0.0)
+async def scrape(metrics_url: str, name: str) -> float:
+    return (await scrape_all(metrics_url)).get(name, 0.0)
 
 
-async def scrape_all(hub: str) -> dict[str, float]:
-    """The hub's unlabelled metrics."""
-    async with aiohttp.ClientSession() as session, session.get(f"{hub}/metrics") as resp:
+async def scrape_all(metrics_url: str) -> dict[str, float]:
+    """The hub's unlabelled metrics, from its metrics listener."""
+    async with aiohttp.ClientSession() as session, session.get(metrics_url) as resp:
+        resp.raise_for_status()
         return {parts[0]: float(parts[1]) for line in (await resp.text()).splitlines()
                 if not line.startswith("#") and len(parts := line.split()) == 2}
 
@@ -331,8 +337,7 @@ async def main(args: argparse.Namespace) -> None:
     if args.flood:
         await main_flood(args)
         return
-    tokens = await register(args.hub, args.admin_user, args.admin_password, args.agents,
-                            args.prefix)
+    tokens = await register(args, args.agents)
     print(f"{len(tokens)} machines registered", file=sys.stderr)
     items = list(tokens.items())
     share = len(items) // args.processes
@@ -340,7 +345,7 @@ async def main(args: argparse.Namespace) -> None:
     mine = dict(items[:share + len(items) % args.processes])
     others = [dict(items[len(mine) + i * share: len(mine) + (i + 1) * share])
               for i in range(args.processes - 1)]
-    frames_before = await scrape(args.hub, "remotegpu_ingest_frames_total")
+    frames_before = await scrape(args.metrics_url, "remotegpu_ingest_frames_total")
     # spawn, not fork: a child forked from inside a running (uv)loop inherits its state,
     # and such workers hung or lost their sockets under load.
     spawn = multiprocessing.get_context("spawn")
@@ -365,7 +370,7 @@ async def main(args: argparse.Namespace) -> None:
     runs += [queue.get() for _ in workers]  # before join: a worker exits once read
     for worker in workers:
         worker.join()
-    frames = await scrape(args.hub, "remotegpu_ingest_frames_total") - frames_before
+    frames = await scrape(args.metrics_url, "remotegpu_ingest_frames_total") - frames_before
     # The window in which every client process streamed, in whole seconds, after warm-up.
     first = int(max(run["started"] for run in runs) + args.warmup) + 1
     last = int(min(run["ended"] for run in runs))
@@ -395,15 +400,14 @@ async def main(args: argparse.Namespace) -> None:
 
 
 async def main_flood(args: argparse.Namespace) -> None:
-    tokens = await register(args.hub, args.admin_user, args.admin_password,
-                            args.agents + args.probes, args.prefix)
+    tokens = await register(args, args.agents + args.probes)
     items = list(tokens.items())
     probes, flooders = dict(items[:args.probes]), items[args.probes:]
     print(f"{len(flooders)} flooding agents and {len(probes)} probes registered",
           file=sys.stderr)
     share = -(-len(flooders) // args.processes)
     parts = [dict(flooders[i:i + share]) for i in range(0, len(flooders), share)]
-    before = await scrape_all(args.hub)
+    before = await scrape_all(args.metrics_url)
     spawn = multiprocessing.get_context("spawn")
     queue: multiprocessing.Queue = spawn.Queue()
     workers = [spawn.Process(target=_worker, args=(args.hub, part, 0.0, args.duration, queue))
@@ -418,7 +422,7 @@ async def main_flood(args: argparse.Namespace) -> None:
     written: dict[int, float] = {}
     watchers = [asyncio.create_task(watch_rows(args.dsn, sent_at, stop, delays, list(probes))),
                 asyncio.create_task(watch_cpu(pid, stop, cpu)),
-                asyncio.create_task(watch_written(args.hub, stop, written))]
+                asyncio.create_task(watch_written(args.metrics_url, stop, written))]
     # the probes stream a little longer than the flood, which starts once all connected
     probe_run = await drive(args.hub, probes, 1.0, args.duration + 20, sent_at,
                             frozenset(probes), args.warmup)
@@ -429,9 +433,13 @@ async def main_flood(args: argparse.Namespace) -> None:
     stop.set()
     await asyncio.gather(*watchers)
     rss = rss_bytes(pid)
-    after = await scrape_all(args.hub)
+    after = await scrape_all(args.metrics_url)
     first = int(max(run["started"] for run in runs) + args.warmup) + 1
     last = int(min(run["ended"] for run in runs))
+    # A scrape can take longer than a second while the hub is saturated: take the
+    # readings nearest inside the window.
+    first = min((s for s in written if s >= first), default=last)
+    last = max((s for s in written if s <= last), default=first)
     if last - first < 5:
         sys.exit("no common flooding window: raise --duration or lower --warmup")
     seconds = last - first
@@ -480,20 +488,27 @@ def percentiles(values: list[float]) -> tuple[float, float, float]:
             values[-1])
 
 
-async def watch_written(hub: str, stop: asyncio.Event, readings: dict[int, float]) -> None:
+async def watch_written(metrics_url: str, stop: asyncio.Event,
+                        readings: dict[int, float]) -> None:
     """The hub's rows written so far, read at the start of each wall-clock second."""
     while not stop.is_set():
         second = int(time.time())
         if second not in readings:
-            readings[second] = await scrape(hub, "remotegpu_ingest_rows_written_total")
+            readings[second] = await scrape(metrics_url, "remotegpu_ingest_rows_written_total")
         await asyncio.sleep(0.1)
 
 
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--hub", default="http://127.0.0.1:8080")
+    parser.add_argument("--metrics-url", default="http://127.0.0.1:9464/metrics",
+                        help="the hub's metrics listener (REMOTEGPU_METRICS_HOST and _PORT; "
+                             "default http://127.0.0.1:9464/metrics)")
     parser.add_argument("--admin-user", default="admin")
     parser.add_argument("--admin-password", default=os.environ.get("REMOTEGPU_ADMIN_PASSWORD"))
+    parser.add_argument("--api-key", default=os.environ.get("REMOTEGPU_API_KEY"),
+                        help="an admin's API key (rgk_...; default $REMOTEGPU_API_KEY), used "
+                             "instead of --admin-user and --admin-password")
     parser.add_argument("--dsn", default="postgresql://postgres@127.0.0.1:5432/remotegpu")
     parser.add_argument("--agents", type=int, default=2000)
     parser.add_argument("--interval", type=float, default=1.0,

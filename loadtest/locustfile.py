@@ -5,6 +5,11 @@ Headless run against a hub on :8080 (the admin password comes from the environme
     REMOTEGPU_ADMIN_PASSWORD=... .venv/bin/locust -f loadtest/locustfile.py --headless \\
         -u 200 -r 20 -t 60s --host http://127.0.0.1:8080
 
+or, without any password, with an admin's API key (``--api-key`` or
+``REMOTEGPU_API_KEY``; create one with ``POST /api/v1/auth/api-keys``):
+
+    REMOTEGPU_API_KEY=rgk_... .venv/bin/locust -f loadtest/locustfile.py --headless ...
+
 User classes (weights 1 : 6 : 6 by default; change them the usual Locust ways, e.g.
 ``--config-users '{"user_class_name": "AdminUser", "fixed_count": 5}'``, or name the
 classes to run on the command line):
@@ -26,7 +31,8 @@ The hub allows 20 dashboard sockets per user (``REMOTEGPU_WS_MAX_CONNECTIONS_PER
 run at most 20 x ``LOCUST_TENANTS`` customer users. Re-runs reuse everything.
 
 Environment:
-  REMOTEGPU_ADMIN_USER (admin), REMOTEGPU_ADMIN_PASSWORD (required),
+  REMOTEGPU_API_KEY (an admin's API key: used instead of the user and password below),
+  REMOTEGPU_ADMIN_USER (admin), REMOTEGPU_ADMIN_PASSWORD (required without a key),
   LOCUST_TENANTS (5), LOCUST_MACHINES_PER_TENANT (4),
   LOCUST_CUSTOMER_PASSWORD (locust-customer-pass), LOCUST_MACHINE_PREFIX (locust-gpu-),
   LOCUST_HEARTBEAT_S (seconds between heartbeats: "5-10", or one number; default 5-10).
@@ -104,12 +110,14 @@ def machine_spec(number: int) -> dict[str, Any]:
 # --- admin calls for setup (not reported to Locust) ----------------------------------
 
 class AdminApi:
-    """Admin REST calls outside the measured traffic: one login per process, shared."""
+    """Admin REST calls outside the measured traffic: with the API key if one is given,
+    else one login per process, shared."""
 
-    def __init__(self, host: str) -> None:
+    def __init__(self, host: str, api_key: str | None) -> None:
         self.host = host.rstrip("/")
         self.session = requests.Session()
-        self._token: str | None = None
+        self._token = api_key or None
+        self._api_key = api_key
         self._lock = gevent.lock.Semaphore()
 
     def _login(self) -> str:
@@ -123,7 +131,7 @@ class AdminApi:
 
     def _bearer(self, renew: bool = False) -> str:
         with self._lock:
-            if self._token is None or renew:
+            if self._token is None or (renew and not self._api_key):
                 self._token = self._login()
             return self._token
 
@@ -146,9 +154,18 @@ class AdminApi:
 _admin_apis: dict[str, AdminApi] = {}
 
 
-def admin_api(host: str) -> AdminApi:
+@events.init_command_line_parser.add_listener
+def add_api_key_option(parser: Any) -> None:
+    parser.add_argument("--api-key", env_var="REMOTEGPU_API_KEY", default="",
+                        help="an admin's API key (rgk_...), used instead of "
+                             "REMOTEGPU_ADMIN_USER and REMOTEGPU_ADMIN_PASSWORD")
+
+
+def admin_api(environment: Environment) -> AdminApi:
+    host = environment.host
     if host not in _admin_apis:
-        _admin_apis[host] = AdminApi(host)
+        options = environment.parsed_options
+        _admin_apis[host] = AdminApi(host, options.api_key if options else None)
     return _admin_apis[host]
 
 
@@ -211,7 +228,7 @@ def setup_tenants(environment: Environment, **_: Any) -> None:
     """Customers, their users and their leased machines (idempotent)."""
     if isinstance(environment.runner, WorkerRunner):
         return
-    api = admin_api(environment.host)
+    api = admin_api(environment)
     for index in range(1, TENANTS + 1):
         tenant_id = ensure_customer(api, index)
         for slot in range(MACHINES_PER_TENANT):
@@ -435,7 +452,7 @@ class AgentUser(HttpUser):
         if isinstance(self.environment.runner, WorkerRunner):
             offset = self.environment.runner.worker_index * WORKER_STRIDE
         number = offset + next(self._numbers)
-        token = agent_token(admin_api(self.host), number)
+        token = agent_token(admin_api(self.environment), number)
         self.client.headers["Authorization"] = f"Bearer {token}"
         self.box = GpuBox()
 

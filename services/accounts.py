@@ -1,5 +1,4 @@
-"""Platform accounts managed from the command line, and the start-up sync of the
-"disabled" markers that make access tokens of disabled users and tenants fail at once."""
+"""Platform accounts managed from the command line."""
 
 from __future__ import annotations
 
@@ -8,9 +7,8 @@ import asyncpg
 from services.errors import Duplicate, NotFound, field_error
 from services.passwords import PasswordHasher
 from services.rules import USERNAME_RE, password_problem
-from storage import sessions, tenants, users
+from storage import sessions, users
 from storage.errors import DuplicateError
-from storage.revocations import Revocations
 
 PLATFORM_TENANT_ID = 0
 
@@ -39,9 +37,3 @@ async def create_admin(pool: asyncpg.Pool, hasher: PasswordHasher, *, username: 
             raise Duplicate(f"user {username!r} exists; use --reset to set a new password") \
                 from None
     return "created"
-
-
-async def sync_disabled_markers(pool: asyncpg.Pool, revocations: Revocations) -> None:
-    stale = await revocations.disabled_markers()
-    await revocations.replace_disabled(stale, await users.disabled_ids(pool),
-                                       await tenants.disabled_ids(pool))

@@ -13,7 +13,7 @@ import asyncpg
 from services.errors import Conflict, NotFound
 from services.events import ALERT, EventSink
 from storage import alerts as alert_store
-from storage.alerts import AlertFilter
+from storage.alerts import AlertFilter, TenantScope
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +38,10 @@ SEVERITY = {
 }
 # Rules for events rather than states: they resolve after a quiet period.
 EVENT_RULES = (GPU_XID, GPU_ECC)
+# What a tenant sees of its machines (CONTRACT.md §3a: offline, health, disk, lease
+# expiring); a stuck reclaim is for the platform's staff to force.
+TENANT_RULES = (MACHINE_OFFLINE, GPU_OVERHEAT, GPU_XID, GPU_ECC, GPU_REMAPPED_ROWS, DISK_FULL,
+                LEASE_EXPIRING)
 
 
 def alert_event(row: asyncpg.Record) -> dict[str, Any]:
@@ -128,3 +132,10 @@ class AlertService:
     async def page(self, flt: AlertFilter, *, limit: int,
                    offset: int) -> tuple[list[asyncpg.Record], int]:
         return await alert_store.page(self._pool, flt, limit=limit, offset=offset)
+
+    async def page_of_tenant(self, tenant_id: int, flt: AlertFilter, *, limit: int,
+                             offset: int) -> tuple[list[asyncpg.Record], int]:
+        """The tenant's alerts only, confined in the query: another tenant's machine in
+        the filter simply matches nothing, as an unknown one does."""
+        return await alert_store.page(self._pool, flt, limit=limit, offset=offset,
+                                      scope=TenantScope(tenant_id, TENANT_RULES))

@@ -28,6 +28,7 @@ from storage import machines as machine_store
 from storage import tasks as task_store
 from storage import tenants as tenant_store
 from storage.allocations import AllocationFilter, OpenAllocation
+from storage.db import EARLIEST, LATEST
 
 log = logging.getLogger(__name__)
 
@@ -88,12 +89,19 @@ class AllocationService:
             raise Conflict("tenant is disabled", data={"tenant_id": tenant_id, "status": status})
 
     async def renew(self, allocation_id: int, months: int) -> asyncpg.Record:
-        if not await allocation_store.renew(self._pool, allocation_id, months):
-            status = await allocation_store.status(self._pool, allocation_id)
-            if status is None:
-                raise NotFound("allocation not found")
-            raise Conflict(f"only an active allocation can be renewed; this one is {status}",
-                           data={"status": status})
+        outcome = await allocation_store.renew(self._pool, allocation_id, months,
+                                               earliest_end=EARLIEST, latest_end=LATEST)
+        if outcome is None:
+            raise NotFound("allocation not found")
+        if outcome["status"] != "active":
+            raise Conflict("only an active allocation can be renewed; this one is "
+                           f"{outcome['status']}", data={"status": outcome["status"]})
+        if not outcome["fits"]:
+            # beyond what a timestamp can show (a lease stored before dates were bounded):
+            # the lease is left as it was
+            raise ValidationFailed([{"field": "duration_months",
+                                     "message": "the lease would end outside the years "
+                                                "1 to 9999"}])
         return await self.get(allocation_id)
 
     async def get(self, allocation_id: int) -> asyncpg.Record:

@@ -22,6 +22,7 @@ import asyncpg
 
 from services.cancel import finish_within
 from services.logs import Outage
+from services.tokens import API_KEY_PREFIX
 from storage import audit as audit_store
 from storage.audit import AuditFilter, AuditRecord
 from storage.db import UNAVAILABLE_ERRORS
@@ -37,8 +38,9 @@ _RETRY_MAX_S = 5.0
 
 
 def redact(value: Any) -> Any:
-    """A copy of a JSON value with every secret-named key's value replaced, at any depth
-    (and NUL characters, which PostgreSQL cannot store, replaced)."""
+    """A copy of a JSON value with every secret-named key's value replaced, at any depth,
+    and every string holding an API key, whatever its field is named (and NUL characters,
+    which PostgreSQL cannot store, replaced)."""
     if isinstance(value, dict):
         return {
             clean_text(key): REDACTED if _is_secret(key) else redact(item)
@@ -47,7 +49,7 @@ def redact(value: Any) -> Any:
     if isinstance(value, list):
         return [redact(item) for item in value]
     if isinstance(value, str):
-        return clean_text(value)
+        return REDACTED if API_KEY_PREFIX in value else clean_text(value)
     return value
 
 

@@ -1,5 +1,5 @@
 """Logins, token refresh with rotation and reuse detection, logout, and per-request
-authentication of access tokens."""
+authentication of access tokens and API keys."""
 
 from __future__ import annotations
 
@@ -9,13 +9,14 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.errors import ErrorCode, RateLimited, ServiceError, Unauthenticated
+from services.api_keys import ApiKeyService
+from services.errors import ErrorCode, Forbidden, RateLimited, ServiceError, Unauthenticated
 from services.events import ACCESS_REVOKED, EventSink
 from services.passwords import PasswordHasher
-from services.tokens import AccessTokens, new_opaque_token, token_hash
+from services.revocations import RevocationCheck
+from services.tokens import API_KEY_PREFIX, AccessTokens, new_opaque_token, token_hash
 from storage import sessions, users
-from storage.cache import Keys
-from storage.ratelimit import FailureCounter
+from storage.ratelimit import LoginThrottle
 from storage.revocations import DISABLED, Revocations
 
 log = logging.getLogger(__name__)
@@ -33,9 +34,11 @@ class Principal:
     tenant_id: int
     role: str
     permissions: frozenset[str]
+    # The login session, or ``key-N`` for an API key: what revocation markers and
+    # dashboard sockets know the credential by.
     sid: str
-    jti: str
     expires_at: int
+    api_key_id: int | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -51,47 +54,41 @@ class AuthService:
         *,
         pool: asyncpg.Pool,
         revocations: Revocations,
-        failures: FailureCounter,
-        keys: Keys,
+        revocation_check: RevocationCheck,
+        throttle: LoginThrottle,
         hasher: PasswordHasher,
         access_tokens: AccessTokens,
         permissions_by_role: dict[str, frozenset[str]],
         refresh_ttl_s: int,
-        login_max_failures: int,
-        login_window_s: int,
         events: EventSink,
+        api_keys: ApiKeyService,
     ) -> None:
         self._pool = pool
+        self._api_keys = api_keys
         self._events = events
         self._revocations = revocations
-        self._failures = failures
-        self._keys = keys
+        self._check = revocation_check
+        self._throttle = throttle
         self._hasher = hasher
         self._access = access_tokens
         self._permissions = permissions_by_role
         self._refresh_ttl_s = refresh_ttl_s
-        self._max_failures = login_max_failures
-        self._window_s = login_window_s
 
     def permissions_of(self, role: str) -> frozenset[str]:
         return self._permissions.get(role, frozenset())
 
     async def login(self, username: str, password: str, client_ip: str) -> TokenPair:
-        user_key = self._keys.login_failures_user(username)
-        ip_key = self._keys.login_failures_ip(client_ip)
-        retry_after = await self._failures.retry_after(
-            [(user_key, self._max_failures), (ip_key, self._max_failures * IP_LIMIT_FACTOR)]
-        )
+        # Counted before the password is checked: concurrent guesses cannot pass the limit.
+        retry_after = await self._throttle.attempt(username, client_ip)
         if retry_after is not None:
             raise RateLimited(retry_after)
         user = await users.by_username(self._pool, username)
         if not await self._hasher.verify(user.password_hash if user else None, password):
-            await self._failures.record([user_key, ip_key], self._window_s)
             raise ServiceError(code=ErrorCode.BAD_CREDENTIALS)
         assert user is not None
+        await self._throttle.succeeded(username, client_ip)
         if user.status != "active" or user.tenant_status != "active":
             raise ServiceError(code=ErrorCode.DISABLED)
-        await self._failures.reset(user_key)
         sid = uuid.uuid4()
         refresh_token = new_opaque_token()
         async with self._pool.acquire() as conn, conn.transaction():
@@ -124,33 +121,34 @@ class AuthService:
         if outcome is not None:
             assert reused_sid is not None
             log.warning("refresh token reused; session revoked", extra={"sid": str(reused_sid)})
-            await self._revocations.revoke(jti=None, sids=[str(reused_sid)],
-                                           ttl_s=self._access.ttl_s)
+            await self._revocations.revoke([str(reused_sid)], self._access.ttl_s)
             self._events.publish(ACCESS_REVOKED, {"sids": [str(reused_sid)]})
             raise outcome
         return self._pair(user, row.session_id, new_token)
 
     async def logout(self, principal: Principal, refresh_token: str | None) -> None:
+        if principal.api_key_id is not None:
+            raise Forbidden("an API key has no login to end; revoke the key instead")
         sids = {principal.sid}
         if refresh_token:
             other = await sessions.session_of_hash(self._pool, token_hash(refresh_token),
                                                    principal.user_id)
             if other is not None:
                 sids.add(str(other))
+        # Committed before the markers are written: PostgreSQL keeps the logout when Redis
+        # loses them (the access token dies with its session, services/revocations.py).
         for sid in sids:
             await sessions.revoke_session_of_user(self._pool, uuid.UUID(sid), principal.user_id,
                                                   "logout")
-        await self._revocations.revoke(jti=principal.jti, sids=sids, ttl_s=self._access.ttl_s)
+        await self._revocations.revoke(sids, self._access.ttl_s)
         self._events.publish(ACCESS_REVOKED, {"sids": sorted(sids)})
 
     async def authenticate(self, token: str) -> Principal:
+        if token.startswith(API_KEY_PREFIX):
+            return await self._authenticate_key(token)
         claims = self._access.decode(token)
-        state = await self._revocations.state(jti=claims.jti, sid=claims.sid,
-                                              user_id=claims.user_id, tenant_id=claims.tenant_id)
-        if state == DISABLED:
-            raise ServiceError(code=ErrorCode.DISABLED)
-        if state is not None:
-            raise Unauthenticated("token revoked")
+        await self._check_not_revoked(sid=claims.sid, user_id=claims.user_id,
+                                      tenant_id=claims.tenant_id)
         return Principal(
             user_id=claims.user_id,
             username=claims.username,
@@ -158,9 +156,35 @@ class AuthService:
             role=claims.role,
             permissions=self.permissions_of(claims.role),
             sid=claims.sid,
-            jti=claims.jti,
             expires_at=claims.expires_at,
         )
+
+    async def _authenticate_key(self, key: str) -> Principal:
+        grant = await self._api_keys.lookup(key)
+        await self._check_not_revoked(sid=grant.sid, user_id=grant.user_id,
+                                      tenant_id=grant.tenant_id, api_key_id=grant.id)
+        self._api_keys.note_use(grant.id)
+        return Principal(
+            user_id=grant.user_id,
+            username=grant.username,
+            tenant_id=grant.tenant_id,
+            role=grant.role,
+            # Never more than the role grants now: a user who loses a role loses it for
+            # every key too.
+            permissions=grant.permissions & self.permissions_of(grant.role),
+            sid=grant.sid,
+            expires_at=int(grant.expires_at),
+            api_key_id=grant.id,
+        )
+
+    async def _check_not_revoked(self, *, sid: str, user_id: int, tenant_id: int,
+                                 api_key_id: int | None = None) -> None:
+        state = await self._check.state(sid=sid, user_id=user_id, tenant_id=tenant_id,
+                                        api_key_id=api_key_id)
+        if state == DISABLED:
+            raise ServiceError(code=ErrorCode.DISABLED)
+        if state is not None:
+            raise Unauthenticated("token revoked")
 
     def _pair(self, user: users.User, sid: uuid.UUID, refresh_token: str) -> TokenPair:
         access = self._access.issue(user_id=user.id, username=user.username,

@@ -17,7 +17,10 @@ JOB_QUEUED = "job_queued"
 AGENT_TOKEN_ROTATED = "agent_token_rotated"
 MACHINE_DELETED = "machine_deleted"
 # Access tokens that must stop working at once, dashboards included: {"sids": [...]} for
-# ended login sessions, {"tenant_id": N} for every user of a disabled tenant.
+# ended login sessions and revoked API keys ("key-N"), plus {"user_id": N} when every
+# session of that user ended (disabled, or a new role; every process also forgets
+# its cached rows of the user's API keys), {"tenant_id": N} for every user of a disabled
+# tenant.
 ACCESS_REVOKED = "access_revoked"
 
 

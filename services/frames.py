@@ -11,9 +11,12 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+import orjson
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator
+from pydantic_core import PydanticCustomError
 
-from services.errors import ValidationFailed
+from services.errors import NUL_MESSAGE, ValidationFailed
+from services.rules import find_nul
 
 MAX_AGE_S = 24 * 3600
 MAX_AHEAD_S = 300
@@ -22,6 +25,10 @@ HOST_MEM_MAX_GB = 1_048_576
 DISK_MAX_GB = 10_485_760
 GPU_MEM_MAX_MIB = 4 * 1024 * 1024
 XID_MAX = 1_000_000
+# Cumulative double-bit ECC errors: an int4 and exact in every JSON reader. A GPU is
+# retired long before; a larger count is a broken agent, and it would not survive the
+# alert's jsonb details (orjson encodes at most 64-bit integers).
+ECC_MAX = 2**31 - 1
 
 # A validated metrics frame: the model's fields, numbers as floats, and each GPU's health
 # fields only when the agent sent them.
@@ -32,7 +39,41 @@ NonNegative = Annotated[float, Field(ge=0)]
 
 
 class Strict(BaseModel):
-    model_config = ConfigDict(strict=True, extra="ignore")
+    # NaN and Infinity are not JSON, yet pydantic's parser reads them (as do some agents'
+    # encoders): refused, since every comparison with NaN is false and a NaN ``ts`` would
+    # pass the time window and fail only when stored.
+    model_config = ConfigDict(strict=True, extra="ignore", allow_inf_nan=False)
+
+
+def _no_nul(text: str) -> str:
+    if "\x00" in text:
+        raise PydanticCustomError("nul_character", NUL_MESSAGE)
+    return text
+
+
+def _text(max_length: int) -> Any:
+    """Text that is stored: PostgreSQL cannot hold U+0000. (Over HTTP parse_body refuses
+    it already; socket messages have no such pass.)"""
+    return Annotated[str, Field(max_length=max_length), AfterValidator(_no_nul)]
+
+
+def _storable(value: dict[str, Any]) -> dict[str, Any]:
+    """A JSON object that jsonb stores as it is. orjson encodes NaN and Infinity as null
+    and refuses integers beyond 64 bits and deep nesting, so a value that does not come
+    back equal from a round trip would be stored changed, or fail to be stored."""
+    try:
+        same = orjson.loads(orjson.dumps(value)) == value
+    except orjson.JSONEncodeError:
+        same = False
+    if not same:
+        raise PydanticCustomError("json_storable", "must hold only finite numbers, integers "
+                                  "of at most 64 bits and at most 254 levels of nesting")
+    if find_nul(value) is not None:
+        raise PydanticCustomError("nul_character", NUL_MESSAGE)
+    return value
+
+
+JsonObject = Annotated[dict[str, Any], AfterValidator(_storable)]
 
 
 class GpuSample(Strict):
@@ -44,7 +85,8 @@ class GpuSample(Strict):
     power: float = Field(ge=0, le=5000, description="W")
     xid_errors: int | None = Field(None, ge=0, le=XID_MAX,
                                    description="XID errors since the last frame")
-    ecc_dbe: int | None = Field(None, ge=0, description="double-bit ECC errors, cumulative")
+    ecc_dbe: int | None = Field(None, ge=0, le=ECC_MAX,
+                                description="double-bit ECC errors, cumulative")
     remapped_rows_pending: bool | None = None
 
 
@@ -64,8 +106,8 @@ class MetricsFrame(Strict):
 
 class HelloGpu(Strict):
     index: int = Field(ge=0, le=MAX_GPUS - 1)
-    uuid: str = Field(max_length=128)
-    model: str = Field(max_length=128)
+    uuid: _text(128)  # type: ignore[valid-type]
+    model: _text(128)  # type: ignore[valid-type]
     memory_total: int = Field(ge=0, le=GPU_MEM_MAX_MIB, description="MiB")
 
 
@@ -75,11 +117,19 @@ class Hello(Strict):
     agent_version: str = Field("", max_length=64)
     gpus: list[HelloGpu] = Field(default_factory=list, max_length=64)
 
+    @field_validator("gpus")
+    @classmethod
+    def _each_index_once(cls, gpus: list[HelloGpu]) -> list[HelloGpu]:
+        # one upsert stores them all, and it cannot touch a GPU's row twice
+        if len({gpu.index for gpu in gpus}) != len(gpus):
+            raise PydanticCustomError("duplicate_index", "duplicate GPU index")
+        return gpus
+
 
 class JobUpdate(Strict):
     status: Literal["running", "succeeded", "failed"]
-    result: dict | None = None
-    error: str | None = Field(None, max_length=4096)
+    result: JsonObject | None = None
+    error: _text(4096) | None = None  # type: ignore[valid-type]
 
 
 class WsJobUpdate(JobUpdate):
@@ -186,7 +236,7 @@ def _plain_health(gpu: dict[str, Any], sample: dict[str, Any]) -> bool:
             return False
         sample["xid_errors"] = xid
     if ecc is not None:
-        if type(ecc) is not int or ecc < 0:
+        if type(ecc) is not int or not 0 <= ecc <= ECC_MAX:
             return False
         sample["ecc_dbe"] = ecc
     if remapped is not None:

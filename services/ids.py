@@ -14,12 +14,20 @@ JOB = "job"
 TASK = "task"
 DATASET = "ds"
 ALERT = "alert"
+API_KEY = "key"
 
-_MAX_BIGINT = 2**63 - 1
+MAX_BIGINT = 2**63 - 1  # PostgreSQL bigint, the type of every numeric id
 # ASCII digits in canonical form only: "job-01" or a job id in other scripts is not job-1.
 _NUMBER = r"(?:0|[1-9][0-9]{0,18})"
 _ID_RE = re.compile(rf"([a-z]+)-({_NUMBER})")
 _PLAIN_RE = re.compile(_NUMBER)
+# The shapes above for the OpenAPI document; a number beyond MAX_BIGINT fits them, and is
+# still not found.
+NUMBER_PATTERN = rf"^{_NUMBER}$"
+
+
+def id_pattern(prefix: str) -> str:
+    return rf"^{prefix}-{_NUMBER}$"
 
 
 def format_id(prefix: str, number: int) -> str:
@@ -28,13 +36,13 @@ def format_id(prefix: str, number: int) -> str:
 
 def parse_id(prefix: str, text: str, what: str) -> int:
     match = _ID_RE.fullmatch(text)
-    if match is None or match[1] != prefix or int(match[2]) > _MAX_BIGINT:
+    if match is None or match[1] != prefix or int(match[2]) > MAX_BIGINT:
         raise NotFound(f"{what} not found")
     return int(match[2])
 
 
 def parse_number(text: str, what: str) -> int:
     """A plain numeric id (tenants, users)."""
-    if _PLAIN_RE.fullmatch(text) is None or int(text) > _MAX_BIGINT:
+    if _PLAIN_RE.fullmatch(text) is None or int(text) > MAX_BIGINT:
         raise NotFound(f"{what} not found")
     return int(text)

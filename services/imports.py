@@ -2,7 +2,9 @@
 single create, then all rows created in one transaction, or none.
 
 Row numbers are those the spreadsheet shows (the header is row 1). Parsing runs on a
-worker thread: a 10,000-row workbook must not stall the event loop.
+worker thread: a 10,000-row workbook must not stall the event loop. Reading stops at the
+row cap, and only the first ``MAX_COLUMNS`` columns are read, so a small file that
+claims millions of rows or columns costs no more than a full legitimate one.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import csv
 import io
+import zipfile
 from dataclasses import dataclass
 from typing import Any
 
@@ -25,6 +28,11 @@ from storage import machines as machine_store
 
 MAX_BYTES = 20 * 1024 * 1024
 MAX_ROWS = 10_000
+MAX_COLUMNS = 64  # COLUMNS and blank ones between them; any further column is not read
+# The parts of an .xlsx, decompressed. openpyxl reads a worksheet without a <dimension>
+# element to its end (to size it) before giving the first row, so this bound, not the row
+# cap, limits that work; a full sheet of MAX_ROWS rows is about 9 MiB.
+MAX_XLSX_EXPANDED_BYTES = 32 * 1024 * 1024
 MAX_ERRORS = 200
 
 COLUMNS = (
@@ -63,12 +71,25 @@ def _error(row: int, field: str | None, message: str) -> dict[str, Any]:
 
 
 def _read_xlsx(data: bytes) -> list[list[Any]]:
+    """The header and at most MAX_ROWS + 1 rows: one more than allowed is enough to
+    refuse the file, so no further row is read (openpyxl's sizing pass aside: see
+    MAX_XLSX_EXPANDED_BYTES)."""
+    try:
+        expanded = _expanded_size(data)
+    except Exception:  # a damaged zip fails in many ways (BadZipFile, struct.error, ...)
+        raise ImportRejected([_error(1, None, "not a readable .xlsx workbook")]) from None
+    if expanded > MAX_XLSX_EXPANDED_BYTES:
+        raise ServiceError(f"the workbook holds more than {MAX_XLSX_EXPANDED_BYTES // 2**20} "
+                           "MiB once decompressed", code=ErrorCode.TOO_LARGE)
     # Read-only workbooks parse lazily: a damaged sheet fails while iterating.
     try:
         workbook = load_workbook(io.BytesIO(data), read_only=True, data_only=True)
         try:
             rows = []
-            for values in workbook.worksheets[0].iter_rows(values_only=True):
+            # max_col also keeps rows narrow where the sheet claims thousands of columns
+            # (read-only rows are padded to the sheet's stated width).
+            for values in workbook.worksheets[0].iter_rows(max_col=MAX_COLUMNS,
+                                                           values_only=True):
                 rows.append(list(values))
                 if len(rows) > MAX_ROWS + 1:
                     break
@@ -79,16 +100,28 @@ def _read_xlsx(data: bytes) -> list[list[Any]]:
         raise ImportRejected([_error(1, None, "not a readable .xlsx workbook")]) from None
 
 
+def _expanded_size(data: bytes) -> int:
+    """What the parts of an .xlsx (a zip) take decompressed, as its directory states: a
+    part is never read beyond its stated size (zipfile stops there, or fails its CRC)."""
+    with zipfile.ZipFile(io.BytesIO(data)) as archive:
+        return sum(item.file_size for item in archive.infolist())
+
+
 def _read_csv(data: bytes) -> list[list[Any]]:
+    """As ``_read_xlsx``: at most MAX_ROWS + 1 rows after the header, MAX_COLUMNS wide."""
     try:
         text = data.decode("utf-8-sig")
     except UnicodeDecodeError:
         raise ImportRejected([_error(1, None, "the file is not UTF-8 text")]) from None
     rows = []
-    for values in csv.reader(io.StringIO(text)):
-        rows.append(values)
-        if len(rows) > MAX_ROWS + 1:
-            break
+    try:
+        for values in csv.reader(io.StringIO(text)):
+            rows.append(values[:MAX_COLUMNS])
+            if len(rows) > MAX_ROWS + 1:
+                break
+    except csv.Error as exc:  # e.g. a field over csv's 128 KiB limit
+        raise ImportRejected([_error(len(rows) + 1, None,
+                                     f"not readable as CSV: {exc}")]) from None
     return rows
 
 

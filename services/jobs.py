@@ -20,6 +20,7 @@ from services.events import JOB_UPDATE, EventSink
 from services.ids import JOB, format_id
 from services.job_events import job_event
 from storage import jobs as job_store
+from storage.jobs import JobFilter
 
 PLATFORM_TENANT_ID = 0
 _TIMEOUT_BATCH = 500
@@ -44,6 +45,19 @@ class JobService:
         if row is None:
             raise NotFound("job not found")
         return row
+
+    async def page(self, flt: JobFilter, principal: Principal, *, limit: int,
+                   offset: int) -> tuple[list[asyncpg.Record], int]:
+        """Newest first; a tenant's user is confined to its tenant's jobs (in the query,
+        whatever ``flt.tenant_id`` says), platform staff see every tenant's."""
+        return await job_store.page(self._pool, flt, within_tenant=visible_tenant(principal),
+                                    limit=limit, offset=offset)
+
+    async def page_of_tenant(self, tenant_id: int, flt: JobFilter, *, limit: int,
+                             offset: int) -> tuple[list[asyncpg.Record], int]:
+        """One tenant's jobs only (the platform's own tenant 0 owns none)."""
+        return await job_store.page(self._pool, flt, within_tenant=tenant_id, limit=limit,
+                                    offset=offset)
 
     async def claim(self, machine_id: str) -> list[asyncpg.Record]:
         """The machine's pending jobs, now ``sent`` to its agent."""

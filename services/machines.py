@@ -14,6 +14,7 @@ from pydantic import (
     Field,
     IPvAnyAddress,
     StringConstraints,
+    WithJsonSchema,
     field_validator,
 )
 from pydantic.json_schema import SkipJsonSchema
@@ -45,6 +46,9 @@ GpuMemoryGb = Annotated[int, Field(ge=0, le=4096, description="memory per GPU, G
 MemoryGb = Annotated[int, Field(ge=0, le=1_048_576, description="host memory, GB")]
 DiskGb = Annotated[int, Field(ge=0, le=10_485_760, description="disk, GB")]
 Port = Annotated[int, Field(ge=1, le=65535)]
+# pydantic documents it with a format of its own ("ipvanyaddress") that no client knows.
+IpAddress = Annotated[IPvAnyAddress, WithJsonSchema(
+    {"type": "string", "anyOf": [{"format": "ipv4"}, {"format": "ipv6"}]})]
 MAX_LABELS = 50
 Labels = Annotated[
     dict[Annotated[str, StringConstraints(min_length=1, max_length=63)],
@@ -54,15 +58,16 @@ Labels = Annotated[
 
 
 class MachineSpec(BaseModel):
-    """A machine to register (the create fields of CONTRACT.md §3)."""
+    """A machine to register (the create fields of CONTRACT.md §3). An unknown field is an
+    error, as in every REST body (CONTRACT.md §1a)."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     id: Annotated[str, StringConstraints(pattern=MACHINE_ID_PATTERN)] | None = Field(
         None, description="generated when absent")
     name: Name
     region: Region = ""
-    ip: IPvAnyAddress
+    ip: IpAddress
     gpu_model: GpuModel
     gpu_count: GpuCount
     gpu_memory_gb: GpuMemoryGb = 0
@@ -80,13 +85,14 @@ _FIXED = "cannot be changed here: use allocate, reclaim or maintenance"
 
 
 class MachinePatch(BaseModel):
-    """Descriptive changes; ``status`` and ``allocation_status`` are refused."""
+    """Descriptive changes; ``status`` and ``allocation_status`` are refused, and so is
+    an unknown field."""
 
-    model_config = ConfigDict(strict=True, extra="ignore")
+    model_config = ConfigDict(strict=True, extra="forbid")
 
     name: Name | None = None
     region: Region | None = None
-    ip: IPvAnyAddress | None = None
+    ip: IpAddress | None = None
     gpu_model: GpuModel | None = None
     gpu_count: GpuCount | None = None
     gpu_memory_gb: GpuMemoryGb | None = None

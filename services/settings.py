@@ -7,6 +7,7 @@ table is checked against this list by a test, so the two cannot drift apart.
 from __future__ import annotations
 
 import ipaddress
+import re
 import secrets
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -99,6 +100,26 @@ def _text(raw: str) -> str:
     return raw
 
 
+def _listen_port(raw: str) -> int:
+    value = int(raw)
+    if not 0 <= value <= 65535:
+        raise ValueError("expected a TCP port (1..65535), or 0 for none")
+    return value
+
+
+_HOST_NAME = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]{0,251}[A-Za-z0-9])?$")
+
+
+def _listen_host(raw: str) -> str:
+    value = raw.strip()
+    try:
+        return str(ipaddress.ip_address(value))
+    except ValueError:
+        if _HOST_NAME.match(value):
+            return value
+    raise ValueError("expected an IP address or a host name")
+
+
 def _redis_prefix(raw: str) -> str:
     if not raw or any(c.isspace() for c in raw):
         raise ValueError("expected a non-empty prefix without spaces")
@@ -132,6 +153,11 @@ SPECS: tuple[Spec, ...] = (
     Spec("dev", "REMOTEGPU_DEV", "0", _bool,
          "development mode: a random JWT secret per process when none is set"),
     Spec("log_level", "REMOTEGPU_LOG_LEVEL", "INFO", _log_level, "log level"),
+    Spec("metrics_host", "REMOTEGPU_METRICS_HOST", "127.0.0.1", _listen_host,
+         "address of the Prometheus listener (`/metrics`, never on the API port); "
+         "loopback keeps it off the network"),
+    Spec("metrics_port", "REMOTEGPU_METRICS_PORT", "9464", _listen_port,
+         "port of the Prometheus listener; 0: no listener"),
     Spec("access_token_ttl_s", "REMOTEGPU_ACCESS_TOKEN_TTL_S", "3600", _positive_int,
          "access token lifetime, seconds"),
     Spec("refresh_token_ttl_s", "REMOTEGPU_REFRESH_TOKEN_TTL_S", "2592000", _positive_int,
@@ -139,9 +165,13 @@ SPECS: tuple[Spec, ...] = (
     Spec("trusted_proxies", "REMOTEGPU_TRUSTED_PROXIES", "", _networks,
          "comma-separated CIDRs whose X-Forwarded-For is believed"),
     Spec("login_max_failures", "REMOTEGPU_LOGIN_MAX_FAILURES", "10", _positive_int,
-         "failed logins per username per window (per client IP: 5x)"),
+         "failed logins per username per window before it is locked out (per client IP: "
+         "5x, then 429 until the window ends)"),
     Spec("login_window_s", "REMOTEGPU_LOGIN_WINDOW_S", "300", _positive_int,
-         "login rate-limit window, seconds"),
+         "login rate-limit window, and the longest lock-out, seconds"),
+    Spec("login_lockout_s", "REMOTEGPU_LOGIN_LOCKOUT_S", "30", _positive_int,
+         "a username's first lock-out, seconds; each further failure after one doubles it "
+         "(up to the window) until a window passes without failures"),
     Spec("max_body_bytes", "REMOTEGPU_MAX_BODY_BYTES", "1048576", _positive_int,
          "largest JSON request body, bytes (larger: 413)"),
     Spec("db_pool_min", "REMOTEGPU_DB_POOL_MIN", "2", _non_negative_int,
@@ -225,6 +255,9 @@ SPECS: tuple[Spec, ...] = (
          "WebSocket ping interval; a peer that misses the pong is dropped, seconds"),
     Spec("ws_max_message_bytes", "REMOTEGPU_WS_MAX_MESSAGE_BYTES", "16384", _positive_int,
          "largest message a dashboard may send (larger: closed with 1009), bytes"),
+    Spec("tenant_quota_bytes", "REMOTEGPU_TENANT_QUOTA_BYTES", "10995116277760",
+         _non_negative_int, "storage quota of a customer not given one of its own, bytes "
+         "(default 10 TiB)"),
     Spec("argon2_time_cost", "REMOTEGPU_ARGON2_TIME_COST", "3", _positive_int,
          "argon2id passes"),
     Spec("argon2_memory_kib", "REMOTEGPU_ARGON2_MEMORY_KIB", "65536", _positive_int,
@@ -242,11 +275,14 @@ class Settings:
     jwt_secret: str
     dev: bool
     log_level: str
+    metrics_host: str
+    metrics_port: int
     access_token_ttl_s: int
     refresh_token_ttl_s: int
     trusted_proxies: tuple[ipaddress.IPv4Network | ipaddress.IPv6Network, ...]
     login_max_failures: int
     login_window_s: int
+    login_lockout_s: int
     max_body_bytes: int
     db_pool_min: int
     db_pool_max: int
@@ -284,6 +320,7 @@ class Settings:
     ws_auth_timeout_s: float
     ws_ping_interval_s: float
     ws_max_message_bytes: int
+    tenant_quota_bytes: int
     argon2_time_cost: int
     argon2_memory_kib: int
 

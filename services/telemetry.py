@@ -12,6 +12,8 @@ import asyncpg
 import orjson
 import redis.asyncio as redis
 
+from services.errors import NotFound
+from storage import machines as machine_store
 from storage import telemetry
 from storage.cache import Keys
 
@@ -26,13 +28,6 @@ RANGES = {
 }
 _FOREVER = datetime.max.replace(tzinfo=UTC)
 _NEVER = datetime.min.replace(tzinfo=UTC)
-
-
-def _aware(moment: datetime) -> datetime:
-    """asyncpg gives PostgreSQL's +-infinity as naive datetime.min / max."""
-    if moment.tzinfo is not None:
-        return moment
-    return _NEVER if moment.year == 1 else _FOREVER
 
 
 class TelemetryService:
@@ -51,13 +46,19 @@ class TelemetryService:
     async def trend(self, range_name: str, *, machine_id: str | None = None,
                     not_before: datetime | None = None) -> tuple[int, list[dict[str, Any]]]:
         """``(interval, points)``: buckets aligned to the epoch, oldest first, up to and
-        including the current one; empty buckets left out."""
+        including the current one; empty buckets left out. NotFound for a machine that
+        does not exist (no points would not tell a typo from an idle machine)."""
+        if machine_id is not None and not await machine_store.existing_ids(self._pool,
+                                                                           [machine_id]):
+            raise NotFound("machine not found")
         span, width = RANGES[range_name]
         first = math.floor((time.time() - span) / width) * width
         since = datetime.fromtimestamp(first, UTC)
         if not_before is not None and not_before > since:
+            if not_before > datetime.now(UTC):
+                return width, []  # a lease not begun yet (maybe years ahead) has no data
             since = not_before
-        rolled_1h, rolled_1m = await self._watermarks()
+        rolled_1h, rolled_1m = await self.watermarks()
         if width < 3600:
             rolled_1h = _NEVER  # minute buckets: nothing from the hourly rollup
         rows = await telemetry.trend(self._pool, since=since, width_s=width,
@@ -71,11 +72,13 @@ class TelemetryService:
             for row in rows
         ]
 
-    async def _watermarks(self) -> tuple[datetime, datetime]:
+    async def watermarks(self) -> tuple[datetime, datetime]:
+        """Up to when the 1 h and the 1 m rollups are complete (reads at or after each
+        take the finer level)."""
         if self._timescaledb:
             return _FOREVER, _FOREVER  # real-time continuous aggregates cover everything
         state = await telemetry.rollup_state(self._pool)
-        return _aware(state["1h"]), _aware(state["1m"])
+        return state["1h"], state["1m"]  # -infinity (nothing rolled up) reads as year 1
 
     async def realtime(self) -> list[dict[str, Any]]:
         """The latest sample of every machine that ever reported, in one Redis round trip;

@@ -14,6 +14,9 @@ from services.errors import ErrorCode, ServiceError, Unauthenticated
 
 ISSUER = "remotegpu"
 _ALGORITHM = "HS256"
+# API keys (CONTRACT.md §3a) start with this: a bearer token says which kind it is, and a
+# key pasted where it does not belong (a request body) is recognised and redacted.
+API_KEY_PREFIX = "rgk_"
 
 
 @dataclass(frozen=True, slots=True)
@@ -29,6 +32,10 @@ class AccessClaims:
 
 def new_opaque_token() -> str:
     return secrets.token_urlsafe(32)
+
+
+def new_api_key() -> str:
+    return API_KEY_PREFIX + new_opaque_token()
 
 
 def token_hash(token: str) -> bytes:

@@ -55,11 +55,17 @@ _COUNT = "SELECT count(*) FROM alerts a{where}"
 _OPEN_OF_RULE = "SELECT machine_id FROM alerts WHERE rule = $1 AND status <> 'resolved'"
 
 
+# A status filter's value -> the statuses it selects; "open" is what needs attention.
+STATUSES = {"open": ["active", "acknowledged"], "active": ["active"],
+            "acknowledged": ["acknowledged"], "resolved": ["resolved"]}
+
+
 @dataclass(frozen=True)
 class AlertFilter:
-    status: str = "active"
+    status: str = "open"
     severity: str | None = None
     machine_id: str | None = None
+    rule: str | None = None
 
 
 async def raise_alerts(db: Executor, machine_ids: list[str], rule: str, severity: str,
@@ -90,14 +96,27 @@ async def open_of_rule(db: Executor, rule: str) -> set[str]:
     return {row["machine_id"] for row in await db.fetch(_OPEN_OF_RULE, rule)}
 
 
-async def page(db: Executor, flt: AlertFilter, *, limit: int,
-               offset: int) -> tuple[list[asyncpg.Record], int]:
+@dataclass(frozen=True)
+class TenantScope:
+    """What a tenant's user may see: the alerts raised while its lease held the machine
+    (``alerts.tenant_id``), of these rules only."""
+    tenant_id: int
+    rules: tuple[str, ...]
+
+
+async def page(db: Executor, flt: AlertFilter, *, limit: int, offset: int,
+               scope: TenantScope | None = None) -> tuple[list[asyncpg.Record], int]:
     where = Where()
-    where.add("a.status = {}", flt.status)
+    if scope is not None:
+        where.add("a.tenant_id = {}", scope.tenant_id)
+        where.add("a.rule = ANY({}::text[])", list(scope.rules))
+    where.add("a.status = ANY({}::text[])", STATUSES[flt.status])
     if flt.severity:
         where.add("a.severity = {}", flt.severity)
     if flt.machine_id:
         where.add("a.machine_id = {}", flt.machine_id)
+    if flt.rule:
+        where.add("a.rule = {}", flt.rule)
     total = await db.fetchval(_COUNT.format(where=where.sql), *where.args)
     query = _PAGE.format(where=where.sql, limit=where.param(limit), offset=where.param(offset))
     return await db.fetch(query, *where.args), total

@@ -45,15 +45,22 @@ WHERE id = $1 AND status <> 'reclaimed'
 RETURNING id
 """
 # Renewal recomputes from the start so that month ends do not drift (Jan 31 -> Feb 28 ->
-# Mar 31, not Mar 28).
+# Mar 31, not Mar 28). Only an active lease whose new end lies in $3..$4 is renewed (the
+# UPDATE runs whether or not its rows are read); the lease's state as it was is returned
+# either way, to say why not.
 _RENEW = """
-UPDATE allocations
-SET duration_months = duration_months + $2,
-    expires_at = start_time + make_interval(months => duration_months + $2)
-WHERE id = $1 AND status = 'active'
-RETURNING id
+WITH lease AS (
+    SELECT id, status, start_time + make_interval(months => duration_months + $2) AS ends
+    FROM allocations WHERE id = $1
+    FOR UPDATE
+), renewed AS (
+    UPDATE allocations a SET duration_months = a.duration_months + $2, expires_at = lease.ends
+    FROM lease
+    WHERE a.id = lease.id AND lease.status = 'active' AND lease.ends BETWEEN $3 AND $4
+    RETURNING a.id
+)
+SELECT status, ends BETWEEN $3 AND $4 AS fits FROM lease
 """
-_STATUS = "SELECT status FROM allocations WHERE id = $1"
 _EXPIRED = """
 SELECT id, machine_id FROM allocations
 WHERE status = 'active' AND expires_at <= now()
@@ -106,12 +113,12 @@ async def close(conn: asyncpg.Connection, allocation_id: int, reason: str) -> bo
     return await conn.fetchval(_CLOSE, allocation_id, reason) is not None
 
 
-async def renew(db: Executor, allocation_id: int, months: int) -> bool:
-    return await db.fetchval(_RENEW, allocation_id, months) is not None
-
-
-async def status(db: Executor, allocation_id: int) -> str | None:
-    return await db.fetchval(_STATUS, allocation_id)
+async def renew(db: Executor, allocation_id: int, months: int, *, earliest_end: datetime,
+                latest_end: datetime) -> asyncpg.Record | None:
+    """Renews an active lease if its new end lies in ``earliest_end..latest_end``.
+    ``(status, fits)`` as they were: renewed if the status was active and the new end
+    fits; None if there is no such lease."""
+    return await db.fetchrow(_RENEW, allocation_id, months, earliest_end, latest_end)
 
 
 async def get(db: Executor, allocation_id: int) -> asyncpg.Record | None:

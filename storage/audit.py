@@ -24,6 +24,7 @@ class AuditRecord:
     status: int
     trace_id: str
     duration_ms: float
+    api_key_id: int | None = None  # the API key that acted, if one did
 
 
 _COLUMNS = tuple(AuditRecord.__dataclass_fields__)
@@ -40,7 +41,7 @@ class AuditFilter:
 
 _PAGE = """
 SELECT id, user_id, username, tenant_id, host(ip) AS ip, method, path, body, status,
-       trace_id, duration_ms, created_at
+       trace_id, duration_ms, created_at, api_key_id
 FROM audit_logs{where}
 ORDER BY created_at DESC, id DESC
 LIMIT {limit} OFFSET {offset}

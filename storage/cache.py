@@ -38,9 +38,6 @@ class Keys:
     def __init__(self, prefix: str) -> None:
         self.prefix = prefix
 
-    def revoked_token(self, jti: str) -> str:
-        return f"{self.prefix}auth:revoked:jti:{jti}"
-
     def revoked_session(self, sid: str) -> str:
         return f"{self.prefix}auth:revoked:sid:{sid}"
 
@@ -61,11 +58,23 @@ class Keys:
     def disabled_pattern(self) -> str:
         return f"{self.prefix}auth:disabled:*"
 
+    def revocations_ready(self) -> str:
+        """Present once the markers above were rebuilt from PostgreSQL within the current
+        data epoch: gone with the data, so its absence means Redis is not to be trusted."""
+        return f"{self.prefix}auth:revocations-ready"
+
     def login_failures_user(self, username: str) -> str:
         return f"{self.prefix}auth:login-failures:user:{username.lower()}"
 
     def login_failures_ip(self, ip: str) -> str:
         return f"{self.prefix}auth:login-failures:ip:{ip}"
+
+    def login_lock(self, username: str) -> str:
+        return f"{self.prefix}auth:login-lock:user:{username.lower()}"
+
+    def login_lockouts(self, username: str) -> str:
+        """How many times in a row the username was locked (each lock-out doubles)."""
+        return f"{self.prefix}auth:login-lockouts:user:{username.lower()}"
 
     def periodic_lock(self, job: str) -> str:
         return f"{self.prefix}lock:periodic:{job}"
@@ -91,7 +100,8 @@ class Keys:
 
     def data_epoch(self) -> str:
         """Since when (hub time) this Redis holds the deployment's live data: written once
-        when found missing, so it is gone whenever the data went (restart, flush)."""
+        when found missing, so it is gone whenever the data went (restart, flush). Liveness
+        and the rebuild of the revocation markers read it."""
         return f"{self.prefix}data-epoch"
 
     def dirty_minutes(self) -> str:

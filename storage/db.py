@@ -1,7 +1,9 @@
-"""PostgreSQL pool: UTC sessions and orjson-backed json/jsonb codecs."""
+"""PostgreSQL pool: UTC sessions, orjson-backed json/jsonb codecs and a timestamptz codec
+that decodes every stored instant."""
 
 from __future__ import annotations
 
+from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
 
 import asyncpg
@@ -26,12 +28,38 @@ def _decode_jsonb(data: bytes) -> object:
     return orjson.loads(data[1:])
 
 
+# timestamptz on the wire: microseconds since 2000-01-01 UTC. PostgreSQL holds 4713 BC to
+# 294276 AD and +-infinity; Python's datetime only years 1 to 9999. asyncpg raises on a
+# value beyond (one lease ending in year 10000 made every list showing it a 500) and gives
+# +-infinity as naive datetimes. Decoded here instead, clamped to Python's range and always
+# aware UTC: whatever is stored can be read, and repaired through the API.
+_PG_EPOCH = datetime(2000, 1, 1, tzinfo=UTC)
+_MICROSECOND = timedelta(microseconds=1)
+EARLIEST = datetime.min.replace(tzinfo=UTC)
+LATEST = datetime.max.replace(tzinfo=UTC)
+_EARLIEST_US = (EARLIEST - _PG_EPOCH) // _MICROSECOND
+_LATEST_US = (LATEST - _PG_EPOCH) // _MICROSECOND
+
+
+def _encode_timestamptz(moment: datetime) -> tuple[int]:
+    # exact; unlike asyncpg's, datetime.min and max are instants, not -+infinity
+    return ((moment.astimezone(UTC) - _PG_EPOCH) // _MICROSECOND,)
+
+
+def _decode_timestamptz(value: tuple[int]) -> datetime:
+    micros = min(max(value[0], _EARLIEST_US), _LATEST_US)
+    return _PG_EPOCH + timedelta(microseconds=micros)
+
+
 async def _init_connection(conn: asyncpg.Connection) -> None:
     # Binary codecs: they also serve COPY, which has no text path for json.
     await conn.set_type_codec("json", encoder=orjson.dumps, decoder=orjson.loads,
                               schema="pg_catalog", format="binary")
     await conn.set_type_codec("jsonb", encoder=_encode_jsonb, decoder=_decode_jsonb,
                               schema="pg_catalog", format="binary")
+    await conn.set_type_codec("timestamptz", encoder=_encode_timestamptz,
+                              decoder=_decode_timestamptz, schema="pg_catalog",
+                              format="tuple")
 
 
 # Defaults for pools made outside the hub (the CLI, tests); the hub passes its settings.

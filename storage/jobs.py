@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import asyncpg
 
-from storage.db import Executor
+from storage.db import Executor, Where
 
 _COLUMNS = """id, kind, machine_id, tenant_id, status, params, result, error, attempts,
               created_at, updated_at, sent_at, deadline_at, finished_at"""
@@ -36,8 +37,20 @@ WHERE machine_id = $1 AND kind = $2 AND status IN ('pending', 'sent', 'running')
 ORDER BY id
 """
 
+_PAGE = f"SELECT {_COLUMNS} FROM jobs{{where}} ORDER BY created_at DESC, id DESC " \
+        "LIMIT {limit} OFFSET {offset}"
+_COUNT = "SELECT count(*) FROM jobs{where}"
+
 OPEN_STATUSES = ("pending", "sent", "running")
 FINAL_STATUSES = ("succeeded", "failed", "timeout", "cancelled")
+
+
+@dataclass(frozen=True)
+class JobFilter:
+    kind: str | None = None
+    status: str | None = None
+    machine_id: str | None = None
+    tenant_id: int | None = None
 
 
 async def insert(db: Executor, *, kind: str, machine_id: str, tenant_id: int | None,
@@ -52,6 +65,26 @@ async def get(db: Executor, job_id: int, *, tenant_id: int | None) -> asyncpg.Re
     if tenant_id is None:
         return await db.fetchrow(_GET, job_id)
     return await db.fetchrow(_GET_OF_TENANT, job_id, tenant_id)
+
+
+async def page(db: Executor, flt: JobFilter, *, within_tenant: int | None, limit: int,
+               offset: int) -> tuple[list[asyncpg.Record], int]:
+    """Newest first. ``within_tenant``: the caller's tenant, which confines the query
+    whatever the filter asks (None: platform staff, every tenant)."""
+    where = Where()
+    if within_tenant is not None:
+        where.add("tenant_id = {}", within_tenant)
+    if flt.tenant_id is not None:
+        where.add("tenant_id = {}", flt.tenant_id)
+    if flt.kind:
+        where.add("kind = {}", flt.kind)
+    if flt.status:
+        where.add("status = {}", flt.status)
+    if flt.machine_id:
+        where.add("machine_id = {}", flt.machine_id)
+    total = await db.fetchval(_COUNT.format(where=where.sql), *where.args)
+    query = _PAGE.format(where=where.sql, limit=where.param(limit), offset=where.param(offset))
+    return await db.fetch(query, *where.args), total
 
 
 async def lock(conn: asyncpg.Connection, job_id: int) -> asyncpg.Record | None:

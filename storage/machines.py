@@ -94,8 +94,8 @@ WHERE id = $1
 """
 _OF_TENANT = """
 SELECT m.id, m.name, m.status, m.allocation_status, m.gpu_model, m.gpu_count, m.ssh_host,
-       m.ssh_port, m.ssh_user, m.jupyter_url, a.id AS allocation_id, a.status AS
-       allocation_state, a.start_time AS lease_start, a.expires_at
+       m.ssh_port, m.ssh_user, m.jupyter_url, m.last_heartbeat_at, a.id AS allocation_id,
+       a.status AS allocation_state, a.start_time AS lease_start, a.expires_at
 FROM machines m
 JOIN allocations a ON a.machine_id = m.id AND a.status <> 'reclaimed' AND a.tenant_id = $1
 WHERE m.tenant_id = $1

@@ -1,47 +1,70 @@
 """Redis records that make access tokens die before they expire.
 
-An access token is checked against four keys in one MGET: its own ``jti`` (logout), its
-login session (refresh-token reuse, logout elsewhere), its user and its tenant (disabled).
-The database stays the source of truth for user and tenant status; these markers are a
-copy rebuilt at start-up (``replace_disabled``).
+An access token is checked against three markers in one MGET: its login session (logout,
+refresh-token reuse, revoked for good when its tenant is disabled), its user and its
+tenant (disabled). PostgreSQL is the source of truth for all of them; the markers are a
+copy, trusted only while ``Keys.revocations_ready`` (read in the same MGET) says they
+were rebuilt from PostgreSQL since Redis last lost its data.
+
+A rebuild is safe against Redis losing its data again meanwhile: it reads the data epoch
+(``Keys.data_epoch``, written when missing) before reading PostgreSQL, and marks the copy
+ready only if the epoch is still the same (one script). Every revocation writes its marker
+after its PostgreSQL commit, so a revocation the rebuild's read missed wrote its marker
+after the epoch was read, and that marker is still there unless the epoch changed.
 """
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterable
 
 import redis.asyncio as redis
 
 from storage.cache import Keys
 
-DISABLED = b"disabled"
-REVOKED = b"revoked"
+DISABLED = "disabled"
+REVOKED = "revoked"
+# The markers cannot be trusted (Redis lost its data and they are not rebuilt yet).
+UNKNOWN = "unknown"
+
+# KEYS[1] the data epoch, KEYS[2] the ready marker; ARGV[1] the epoch the rebuild read,
+# ARGV[2] the marker's value.
+_MARK_READY = """
+if redis.call('GET', KEYS[1]) ~= ARGV[1] then
+    return 0
+end
+redis.call('SET', KEYS[2], ARGV[2])
+return 1
+"""
 
 
 class Revocations:
     def __init__(self, client: redis.Redis, keys: Keys) -> None:
         self._redis = client
         self._keys = keys
+        self._mark_ready = client.register_script(_MARK_READY)
 
-    async def state(self, *, jti: str, sid: str, user_id: int, tenant_id: int) -> bytes | None:
-        """``DISABLED`` if the user or tenant is disabled, ``REVOKED`` if the token or its
-        session was revoked, else None."""
-        token, session, user, tenant = await self._redis.mget(
-            self._keys.revoked_token(jti),
+    async def state(self, *, sid: str, user_id: int, tenant_id: int) -> str | None:
+        """``DISABLED`` if the user or tenant is disabled, ``REVOKED`` if the session was
+        revoked, ``UNKNOWN`` if the markers are not to be trusted now, else None."""
+        session, user, tenant, ready = await self._redis.mget(
             self._keys.revoked_session(sid),
             self._keys.disabled_user(user_id),
             self._keys.disabled_tenant(tenant_id),
+            self._keys.revocations_ready(),
         )
+        if ready is None:
+            return UNKNOWN
         if user is not None or tenant is not None:
             return DISABLED
-        if token is not None or session is not None:
+        if session is not None:
             return REVOKED
         return None
 
-    async def revoke(self, *, jti: str | None, sids: Iterable[str], ttl_s: int) -> None:
+    async def revoke(self, sids: Iterable[str], ttl_s: int) -> None:
+        """Mark login sessions revoked for ``ttl_s`` (the access-token lifetime: no token
+        of theirs outlives it)."""
         async with self._redis.pipeline(transaction=False) as pipe:
-            if jti is not None:
-                pipe.set(self._keys.revoked_token(jti), REVOKED, ex=ttl_s)
             for sid in sids:
                 pipe.set(self._keys.revoked_session(sid), REVOKED, ex=ttl_s)
             await pipe.execute()
@@ -51,6 +74,14 @@ class Revocations:
 
     async def set_tenant_disabled(self, tenant_id: int, disabled: bool) -> None:
         await self._set_marker(self._keys.disabled_tenant(tenant_id), disabled)
+
+    async def epoch(self) -> bytes:
+        """The data epoch, written now if Redis has none: a rebuild starts by reading it."""
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._keys.data_epoch(), repr(time.time()), nx=True)
+            pipe.get(self._keys.data_epoch())
+            _, epoch = await pipe.execute()
+        return epoch
 
     async def disabled_markers(self) -> list[bytes]:
         return [key async for key in self._redis.scan_iter(match=self._keys.disabled_pattern())]
@@ -71,6 +102,13 @@ class Revocations:
             for tenant_id in tenant_ids:
                 pipe.set(self._keys.disabled_tenant(tenant_id), DISABLED)
             await pipe.execute()
+
+    async def mark_ready(self, epoch: bytes) -> bool:
+        """Trust the markers from now on, if Redis kept its data since ``epoch`` was read
+        (else False: it lost them again, and they need another rebuild)."""
+        return bool(await self._mark_ready(
+            keys=[self._keys.data_epoch(), self._keys.revocations_ready()],
+            args=[epoch, repr(time.time())]))
 
     async def _set_marker(self, key: str, disabled: bool) -> None:
         if disabled:

@@ -43,11 +43,28 @@ _REVOKE_USERS = """
 UPDATE refresh_tokens SET revoked_at = now(), revoke_reason = $2
 WHERE user_id = ANY($1::bigint[]) AND revoked_at IS NULL
 """
+_REVOKE_USER_EXCEPT = """
+UPDATE refresh_tokens SET revoked_at = now(), revoke_reason = $3
+WHERE user_id = $1 AND session_id <> $2 AND revoked_at IS NULL
+"""
 _RECENT_SESSIONS = """
 SELECT DISTINCT session_id FROM refresh_tokens
 WHERE user_id = ANY($1::bigint[]) AND created_at > now() - make_interval(secs => $2)
 """
 _SESSION_OF_HASH = "SELECT session_id FROM refresh_tokens WHERE token_hash = $1 AND user_id = $2"
+_REVOKED_WITHIN = """
+SELECT DISTINCT session_id FROM refresh_tokens
+WHERE revoked_at > now() - make_interval(secs => $1)
+"""
+# Every revocation revokes all of a session's rows; any revoked row marks the session (a
+# row inserted by a refresh racing the revocation must not bring it back).
+_ACCESS_STATE = """
+SELECT u.status <> 'active' OR t.status <> 'active' AS disabled,
+       EXISTS (SELECT 1 FROM refresh_tokens r
+               WHERE r.session_id = $1 AND r.revoked_at IS NOT NULL) AS revoked
+FROM users u JOIN tenants t ON t.id = u.tenant_id
+WHERE u.id = $2
+"""
 
 
 async def insert(db: Executor, *, session_id: UUID, user_id: int, token_hash: bytes,
@@ -78,6 +95,11 @@ async def revoke_users(db: Executor, user_ids: list[int], reason: str) -> None:
     await db.execute(_REVOKE_USERS, user_ids, reason)
 
 
+async def revoke_user_except(db: Executor, user_id: int, keep: UUID, reason: str) -> None:
+    """Revoke every login of the user but ``keep``."""
+    await db.execute(_REVOKE_USER_EXCEPT, user_id, keep, reason)
+
+
 async def session_of_hash(db: Executor, token_hash: bytes, user_id: int) -> UUID | None:
     return await db.fetchval(_SESSION_OF_HASH, token_hash, user_id)
 
@@ -87,3 +109,15 @@ async def recent_sessions(db: Executor, user_ids: list[int], within_s: int) -> l
     that may still hold a live access token."""
     return [row["session_id"]
             for row in await db.fetch(_RECENT_SESSIONS, user_ids, float(within_s))]
+
+
+async def revoked_within(db: Executor, within_s: int) -> list[UUID]:
+    """Logins revoked in the last ``within_s`` seconds: those whose access tokens may still
+    be unexpired."""
+    return [row["session_id"] for row in await db.fetch(_REVOKED_WITHIN, float(within_s))]
+
+
+async def access_state(db: Executor, session_id: UUID, user_id: int) -> asyncpg.Record | None:
+    """``(disabled, revoked)``: whether the user or its tenant is disabled, and whether the
+    login was revoked; None if the user no longer exists."""
+    return await db.fetchrow(_ACCESS_STATE, session_id, user_id)

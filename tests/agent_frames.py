@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 
+from services.frames import ECC_MAX
+
 
 def frame(**overrides):
     body = {
@@ -53,6 +55,14 @@ def bad_frames() -> dict[str, dict]:
         "absurd host memory total": frame(mem_total=2_000_000, mem_used=1),
         "zero disk total": frame(disk_total=0, disk_used=0),
         "null cpu_util": frame(cpu_util=None),
+        # NaN passes every range check (all comparisons with it are false); sent as the
+        # NaN and Infinity literals that Python's json writes
+        "ts NaN": frame(ts=float("nan")),
+        "cpu_util NaN": frame(cpu_util=float("nan")),
+        "infinite gpu temperature": frame(gpus=[gpu(temp=float("inf"))]),
+        "infinite host memory used": frame(mem_used=float("inf")),
+        "ecc count above its bound": frame(gpus=[gpu(ecc_dbe=ECC_MAX + 1)]),
+        "ecc count beyond 64 bits": frame(gpus=[gpu(ecc_dbe=10**30)]),
     }
 
 

@@ -7,7 +7,7 @@ import asyncio
 import dataclasses
 import os
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterator
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
@@ -18,6 +18,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestClient
 
 from api.app import create_app
+from api.keys import METRICS
+from api.metrics_listener import metrics_app
 from services.settings import Settings
 from storage.migrate import choose_timescaledb, migrate
 from tests.helpers import Accounts, Api
@@ -210,6 +212,9 @@ def settings(database_url: str, redis_prefix: str) -> Settings:
         "REMOTEGPU_DB_POOL_MAX": "10",
         # A test that leaves PostgreSQL away waits this long for the writer at teardown.
         "REMOTEGPU_SHUTDOWN_GRACE_S": "3",
+        # No listener: apps of one test (and a hub on this machine) would share the port;
+        # tests read the metrics with ``scrape``.
+        "REMOTEGPU_METRICS_PORT": "0",
     }
     return Settings.from_env(env)
 
@@ -226,6 +231,17 @@ def make_app(settings: Settings, db: asyncpg.Pool, redis_client: redis.Redis
 @pytest.fixture
 async def client(make_app: Callable[..., web.Application], aiohttp_client: Any) -> TestClient:
     return await aiohttp_client(make_app())
+
+
+@pytest.fixture
+def scrape(aiohttp_client: Any) -> Callable[[TestClient], Awaitable[str]]:
+    """The text the metrics listener of ``client``'s hub serves, fetched over HTTP."""
+    async def fetch(client: TestClient) -> str:
+        listener = await aiohttp_client(metrics_app(client.app[METRICS]))
+        resp = await listener.get("/metrics")
+        assert resp.status == 200
+        return await resp.text()
+    return fetch
 
 
 @pytest.fixture

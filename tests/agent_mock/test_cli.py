@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import os
 import signal
 import sys
 from pathlib import Path
 
 import pytest
 
-from agent_mock.cli import add_arguments, main, options_from_args
+from agent_mock.cli import PASSWORD_ENV, add_arguments, main, options_from_args
 from agent_mock.options import DEFAULT_TOKENS_FILE, AgentMockError, Options
 
 
@@ -61,7 +62,26 @@ def test_bad_flags_are_refused_by_argparse(argv, capsys):
 ])
 def test_inconsistent_flags_are_refused(argv, message):
     with pytest.raises(AgentMockError, match=message):
-        options_from_args(_parse("--hub", "http://hub", "--machines", "1", *argv))
+        options_from_args(_parse("--hub", "http://hub", "--machines", "1", *argv), environ={})
+
+
+def test_the_admin_password_is_read_from_the_environment_when_not_given():
+    args = _parse("--hub", "http://hub", "--machines", "1", "--admin-user", "ops")
+    options = options_from_args(args, environ={PASSWORD_ENV: "from-env-123"})
+    assert (options.admin_user, options.admin_password) == ("ops", "from-env-123")
+
+
+def test_an_admin_password_flag_wins_over_the_environment():
+    args = _parse("--hub", "http://hub", "--machines", "1", "--admin-user", "ops",
+                  "--admin-password", "from-flag-123")
+    options = options_from_args(args, environ={PASSWORD_ENV: "from-env-123"})
+    assert options.admin_password == "from-flag-123"
+
+
+def test_the_password_environment_is_ignored_without_an_admin_user():
+    args = _parse("--hub", "http://hub", "--machines", "1")
+    options = options_from_args(args, environ={PASSWORD_ENV: "from-env-123"})
+    assert (options.admin_user, options.admin_password) == (None, None)
 
 
 def test_a_hub_url_needs_a_scheme():
@@ -105,3 +125,33 @@ async def test_a_real_process_registers_streams_and_stops_cleanly(fake_hub, toke
     assert "machines=3 connected=0" in final and "errors=0" in final
     assert fake_hub.sockets == set()
     assert tokens_file.exists()
+
+
+def _command_line(pid: int) -> bytes:
+    """What `ps` shows of a process, to every user of the machine."""
+    return Path(f"/proc/{pid}/cmdline").read_bytes()
+
+
+async def test_a_real_process_registers_with_the_password_from_its_environment_only(
+        fake_hub, tokens_file):
+    process = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "agent_mock", "--hub", fake_hub.url, "--machines", "1",
+        "--interval", "0.05", "--admin-user", fake_hub.admin_user,
+        "--tokens-file", str(tokens_file), "--summary-interval", "0",
+        env={**os.environ, PASSWORD_ENV: fake_hub.admin_password},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE)
+    try:
+        command_line = _command_line(process.pid)
+        for _ in range(200):
+            if fake_hub.frames_of("sim-00001"):
+                break
+            await asyncio.sleep(0.05)
+        process.send_signal(signal.SIGTERM)
+        _, stderr = await asyncio.wait_for(process.communicate(), timeout=10)
+    finally:
+        if process.returncode is None:
+            process.kill()
+            await process.wait()
+    assert process.returncode == 0, stderr.decode()
+    assert fake_hub.frames_of("sim-00001")
+    assert fake_hub.admin_password.encode() not in command_line

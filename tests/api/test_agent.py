@@ -143,6 +143,51 @@ async def test_unknown_socket_messages_get_an_error(client, agent_token, message
         assert not ws.closed
 
 
+def _raw_metrics(field: str, literal: str, *, in_gpu: bool = False) -> str:
+    """A metrics message whose ``field`` (of the frame, or of its first GPU) holds
+    ``literal`` as written: NaN or 1e400, which no encoder of ours writes."""
+    body = {"type": "metrics", **frame()}
+    (body["gpus"][0] if in_gpu else body)[field] = "@value@"
+    return orjson.dumps(body).decode().replace('"@value@"', literal)
+
+
+@pytest.mark.parametrize(("field", "literal", "in_gpu"), [
+    ("ts", "NaN", False), ("cpu_util", "Infinity", False), ("temp", "-Infinity", True),
+    ("mem_used", "1e400", False), ("ecc_dbe", str(2**64 - 1), True),
+    ("ecc_dbe", str(10**30), True),
+])
+async def test_non_finite_or_huge_numbers_on_the_socket_get_an_error_and_are_never_stored(
+        client, agent_token, db, field, literal, in_gpu):
+    async with client.ws_connect("/ws/agent", headers={"Authorization":
+                                                        f"Bearer {agent_token}"}) as ws:
+        await ws.send_str(_raw_metrics(field, literal, in_gpu=in_gpu))
+        reply = await ws.receive_json(timeout=5)
+        assert reply["type"] == "error", reply
+        await ws.send_str(orjson.dumps({"type": "metrics", **frame()}).decode())
+        await _until(lambda: client.app[INGEST].frames == 1)
+        assert not ws.closed
+    await client.app[INGEST].flush()
+    assert await _stored(db) == (2, 1)
+
+
+@pytest.mark.parametrize("message", [
+    {"type": "hello", "machine_id": "m1", "gpus": [
+        {"index": 0, "uuid": "GPU-a", "model": "x", "memory_total": 1},
+        {"index": 0, "uuid": "GPU-b", "model": "x", "memory_total": 1}]},
+    {"type": "hello", "machine_id": "m1", "gpus": [
+        {"index": 0, "uuid": "GPU-\u0000", "model": "x", "memory_total": 1}]},
+])
+async def test_a_hello_that_cannot_be_stored_gets_an_error_and_the_socket_stays_open(
+        client, agent_token, db, message):
+    async with client.ws_connect("/ws/agent", headers={"Authorization":
+                                                        f"Bearer {agent_token}"}) as ws:
+        await ws.send_str(orjson.dumps(message).decode())
+        reply = await ws.receive_json(timeout=5)
+        assert (reply["type"], reply["data"]["code"]) == ("error", "invalid_hello"), reply
+        assert not ws.closed
+    assert await db.fetchval("SELECT count(*) FROM gpu_devices WHERE uuid IS NOT NULL") == 0
+
+
 async def test_a_flood_of_bad_messages_closes_the_socket_with_4010(client, agent_token):
     async with client.ws_connect("/ws/agent", headers={"Authorization":
                                                         f"Bearer {agent_token}"}) as ws:
@@ -326,6 +371,37 @@ async def test_job_update_validates_its_body(client, admin, leased, agent_token)
     status, body = await call(client, "POST", f"/api/v1/agent/jobs/{job_id}",
                               token=agent_token, json={"status": "done"})
     assert (status, body["data"]["errors"][0]["field"]) == (400, "status")
+
+
+@pytest.mark.parametrize("result", ['{"x": NaN}', '{"x": [1, Infinity]}',
+                                    f'{{"x": {10**30}}}', '{"x": "a\\u0000b"}'])
+async def test_a_job_result_that_cannot_be_stored_as_sent_is_40001(client, admin, leased,
+                                                                   agent_token, result):
+    job_id = await _reclaim(admin)
+    await call(client, "POST", HEARTBEAT, token=agent_token, json=frame())
+    resp = await client.post(f"/api/v1/agent/jobs/{job_id}",
+                             data=f'{{"status": "succeeded", "result": {result}}}',
+                             headers={"Authorization": f"Bearer {agent_token}",
+                                      "Content-Type": "application/json"})
+    body = await resp.json()
+    assert (resp.status, body["code"], body["data"]["errors"][0]["field"]) == (
+        400, 40001, "result"), body
+    assert (await admin.ok("GET", f"/api/v1/jobs/{job_id}"))["status"] == "sent"
+
+
+async def test_a_job_result_nested_too_deep_to_store_gets_an_error_on_the_socket(
+        client, admin, leased, agent_token):
+    async with client.ws_connect("/ws/agent", headers={"Authorization":
+                                                        f"Bearer {agent_token}"}) as ws:
+        job_id = await _reclaim(admin)
+        await ws.receive_json(timeout=5)  # the command
+        deep = "[" * 300 + "]" * 300  # orjson reads it; it cannot write it back
+        await ws.send_str(f'{{"type": "job_update", "job_id": "{job_id}", '
+                          f'"status": "succeeded", "result": {{"x": {deep}}}}}')
+        reply = await ws.receive_json(timeout=5)
+        assert (reply["type"], reply["data"]["code"]) == ("error", "invalid_job_update"), reply
+        assert not ws.closed
+    assert (await admin.ok("GET", f"/api/v1/jobs/{job_id}"))["status"] == "sent"
 
 
 async def test_a_connected_socket_gets_a_queued_job_at_once(client, admin, leased, agent_token,

@@ -11,6 +11,7 @@ from datetime import datetime
 import pytest
 
 from api.keys import ALERTS, BUS, INGEST, PERIODIC, PG_POOL
+from services.frames import ECC_MAX
 from tests.helpers import Api, call, eventually
 
 HEARTBEAT = "/api/v1/agent/heartbeat"
@@ -234,6 +235,12 @@ async def test_ecc_alert_only_when_the_double_bit_count_grows(agent, db):
     assert grown["id"] == first["id"]
     assert grown["last_seen_at"] > first["last_seen_at"]
     assert grown["details"] == {"ecc_dbe": {"0": 5}}
+
+
+async def test_the_largest_ecc_count_an_agent_may_send_raises_its_alert(agent, db):
+    await agent.send(frame(gpu(0, ecc_dbe=ECC_MAX), gpu(1)))
+    [alert] = await _alerts(db)
+    assert (alert["rule"], alert["details"]) == ("gpu_ecc", {"ecc_dbe": {"0": ECC_MAX}})
 
 
 async def test_remapped_rows_pending_raises_until_it_clears(agent, db):
@@ -573,8 +580,8 @@ async def _seed(client, admin) -> dict[str, str]:
             await client.app[PG_POOL].fetch("SELECT id, rule FROM alerts")}
 
 
-async def test_alert_list_defaults_to_active_newest_seen_first_with_contract_fields(client,
-                                                                                    admin):
+async def test_alert_list_defaults_to_open_newest_seen_first_with_contract_fields(client,
+                                                                                  admin):
     ids = await _seed(client, admin)
     data = await admin.ok("GET", ALERTS_URL)
     assert [a["id"] for a in data["list"]] == [ids["lease_expiring"], ids["gpu_xid"],
@@ -603,6 +610,7 @@ async def test_alert_list_filters_by_status_severity_and_machine(client, admin):
     async def listed(query: str) -> list[str]:
         return [a["id"] for a in (await admin.ok("GET", f"{ALERTS_URL}?{query}"))["list"]]
 
+    assert await listed("status=open") == [ids["lease_expiring"], ids["disk_full"]]
     assert await listed("status=active") == [ids["lease_expiring"]]
     assert await listed("status=acknowledged") == [ids["disk_full"]]
     assert await listed("status=resolved") == [ids["gpu_xid"]]
@@ -628,7 +636,7 @@ async def test_alert_list_pages(client, admin):
     assert (beyond["list"], beyond["page"], beyond["page_size"]) == ([], 4, 2)
 
 
-@pytest.mark.parametrize("query", ["status=open", "severity=fatal", "page=0", "page_size=0",
+@pytest.mark.parametrize("query", ["status=closed", "severity=fatal", "page=0", "page_size=0",
                                    "page_size=101", "machine_id=" + "x" * 65])
 async def test_bad_alert_list_queries_are_40001(admin, query):
     status, body = await admin.get(f"{ALERTS_URL}?{query}")
@@ -645,8 +653,8 @@ async def test_ack_marks_the_alert_acknowledged_by_the_admin(client, admin):
     listed = (await admin.ok("GET", f"{ALERTS_URL}?status=acknowledged"))["list"]
     assert [(a["id"], a["acknowledged_by"]) for a in listed] == [(ids["disk_full"],
                                                                  "root-admin")]
-    assert ids["disk_full"] not in [a["id"] for a in
-                                    (await admin.ok("GET", ALERTS_URL))["list"]]
+    active = (await admin.ok("GET", f"{ALERTS_URL}?status=active"))["list"]
+    assert ids["disk_full"] not in [a["id"] for a in active]
 
 
 async def test_acknowledging_twice_is_harmless(client, admin, accounts):
@@ -700,6 +708,16 @@ async def test_alert_of_a_leased_machine_carries_its_tenant(client, admin, accou
     await client.app[ALERTS].raise_("m1", "disk_full", "full")
     [item] = (await admin.ok("GET", ALERTS_URL))["list"]
     assert item["tenant_id"] == tenant
+
+
+async def test_alert_list_by_default_shows_what_the_dashboard_counts_as_active(client, admin):
+    ids = await _seed(client, admin)
+    await admin.ok("POST", f"{ALERTS_URL}/{ids['disk_full']}/ack")
+    await client.app[ALERTS].resolve("m2", "gpu_xid")
+    listed = await admin.ok("GET", ALERTS_URL)
+    stats = await admin.ok("GET", "/api/v1/admin/dashboard/stats")
+    assert [a["id"] for a in listed["list"]] == [ids["lease_expiring"], ids["disk_full"]]
+    assert listed["total"] == stats["active_alerts"] == 2
 
 
 async def test_dashboard_counts_acknowledged_alerts_as_active(client, admin):

@@ -4,11 +4,11 @@ and lease expiry run by exactly one process."""
 from __future__ import annotations
 
 import asyncio
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from api.keys import JOBS, PERIODIC
+from api.keys import JOBS, OPENAPI, PERIODIC
 from services.errors import Conflict
 from services.ids import JOB, parse_id
 from tests.helpers import Api, call
@@ -172,6 +172,83 @@ async def test_start_time_without_a_zone_is_40001(admin, tenant):
     assert (status, body["data"]["errors"][0]["field"]) == (400, "start_time")
 
 
+async def test_an_unknown_body_field_is_40001_naming_it_and_nothing_is_leased(admin, tenant,
+                                                                               db):
+    await admin.machine("m1")
+    status, body = await admin.post(f"{MACHINES}/m1/allocate",
+                                    {"tenant_id": tenant, "duration_months": 1, "months": 2})
+    assert (status, body["code"], body["data"]["errors"]) == (
+        400, 40001, [{"field": "months", "message": "unknown field"}])
+    assert await _machine_state(db, "m1") == ("idle", None)
+
+
+async def test_a_tenant_id_beyond_64_bits_is_40001_when_leasing_one_machine(admin):
+    await admin.machine("m1")
+    status, body = await admin.post(f"{MACHINES}/m1/allocate",
+                                    {"tenant_id": 2**63, "duration_months": 1})
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001,
+                                                                          "tenant_id")
+
+
+async def test_a_tenant_id_beyond_64_bits_is_40001_when_leasing_a_batch(admin):
+    await admin.machine("m1")
+    status, body = await admin.post(ALLOCATIONS, {"tenant_id": 2**63, "machine_ids": ["m1"],
+                                                  "duration_months": 1})
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001,
+                                                                          "tenant_id")
+
+
+async def test_a_tenant_id_filter_beyond_64_bits_is_40001(admin):
+    status, body = await admin.get(f"{ALLOCATIONS}?tenant_id={2**63}")
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001,
+                                                                          "tenant_id")
+
+
+async def test_a_start_time_in_year_9999_is_40001_and_nothing_is_leased(admin, tenant, db):
+    await admin.machine("m1")
+    status, body = await admin.post(f"{MACHINES}/m1/allocate",
+                                    {"tenant_id": tenant, "duration_months": 1,
+                                     "start_time": "9999-12-01T00:00:00Z"})
+    assert (status, body["code"], body["data"]["errors"]) == (
+        400, 40001, [{"field": "start_time", "message": "must lie within 10 years of now"}])
+    assert await db.fetchval("SELECT count(*) FROM allocations") == 0
+
+
+async def test_a_start_time_in_year_1_is_40001(admin, tenant):
+    await admin.machine("m1")
+    status, body = await admin.post(f"{MACHINES}/m1/allocate",
+                                    {"tenant_id": tenant, "duration_months": 1,
+                                     "start_time": "0001-01-01T00:00:00Z"})
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001,
+                                                                          "start_time")
+
+
+async def test_a_start_time_before_year_1_in_utc_is_40001(admin, tenant):
+    await admin.machine("m1")
+    status, body = await admin.post(ALLOCATIONS, {"tenant_id": tenant, "machine_ids": ["m1"],
+                                                  "duration_months": 1,
+                                                  "start_time": "0001-01-01T00:00:00+01:00"})
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001,
+                                                                          "start_time")
+
+
+async def test_a_start_time_eleven_years_ahead_is_40001(admin, tenant):
+    await admin.machine("m1")
+    start = datetime.now(UTC) + timedelta(days=11 * 365)
+    status, body = await admin.post(f"{MACHINES}/m1/allocate",
+                                    {"tenant_id": tenant, "duration_months": 1,
+                                     "start_time": start.isoformat()})
+    assert (status, body["data"]["errors"][0]["field"]) == (400, "start_time")
+
+
+async def test_a_start_time_nine_years_back_is_accepted(admin, tenant):
+    await admin.machine("m1")
+    start = (datetime.now(UTC) - timedelta(days=9 * 365)).replace(microsecond=0)
+    await admin.allocate("m1", tenant, start_time=start.isoformat())
+    item = (await admin.ok("GET", ALLOCATIONS))["list"][0]
+    assert item["start_time"] == start.strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
 async def test_renew_adds_months_without_drifting_month_ends(admin, tenant):
     await admin.machine("m1")
     allocation_id = await admin.allocate("m1", tenant, start_time="2027-01-31T00:00:00Z")
@@ -181,6 +258,17 @@ async def test_renew_adds_months_without_drifting_month_ends(admin, tenant):
     second = await admin.ok("POST", f"{ALLOCATIONS}/{allocation_id}/renew",
                             {"duration_months": 2})
     assert (second["expires_at"], second["duration_months"]) == ("2027-05-31T00:00:00Z", 4)
+
+
+async def test_concurrent_renewals_each_add_their_months(admin, tenant, db):
+    await admin.machine("m1")
+    allocation_id = await admin.allocate("m1", tenant, start_time="2027-01-31T00:00:00Z")
+    results = await asyncio.gather(*[
+        admin.post(f"{ALLOCATIONS}/{allocation_id}/renew", {"duration_months": 1})
+        for _ in range(10)])
+    assert [status for status, _ in results] == [200] * 10
+    row = await db.fetchrow("SELECT duration_months, expires_at::text FROM allocations")
+    assert tuple(row) == (11, "2027-12-31 00:00:00+00")
 
 
 async def test_renewing_a_closed_lease_is_40901(admin, tenant):
@@ -240,6 +328,18 @@ async def test_reclaim_moves_to_maintenance_and_creates_a_pending_job(admin, ten
         "reclaim", "pending", "m1", tenant)
     assert await _machine_state(db, "m1") == ("maintenance", tenant)
     assert await db.fetchval("SELECT status FROM allocations") == "reclaiming"
+
+
+async def test_reclaim_answers_its_job_id_as_job_id_and_as_task_id(admin, tenant):
+    await admin.machine("m1")
+    await admin.allocate("m1", tenant)
+    data = await admin.ok("POST", f"{MACHINES}/m1/reclaim", {"reason": "Payment overdue"})
+    assert data["job_id"] == data["task_id"]
+    assert (await admin.ok("GET", f"/api/v1/jobs/{data['job_id']}"))["kind"] == "reclaim"
+    operation = admin.client.app[OPENAPI]["paths"][f"{MACHINES}/{{id}}/reclaim"]["post"]
+    data_schema = operation["responses"]["200"]["content"]["application/json"]["schema"][
+        "properties"]["data"]
+    assert {"job_id", "task_id"} <= set(data_schema["required"])
 
 
 async def test_successful_reclaim_job_closes_the_lease_and_frees_the_machine(admin, tenant, db):
@@ -410,3 +510,78 @@ async def test_the_lease_check_is_taken_over_when_its_process_stops(make_app, ai
     job2 = second.app[PERIODIC]["lease_expiry"]
     await first.close()  # clean shutdown releases the lock
     assert await _wait_for(lambda: _ran([job2], at_least=2))
+
+
+# --- leases stored with dates beyond Python's datetime (years 1..9999) ---------------------
+# Stored before start times were bounded, or by hand; each reads clamped into that range.
+
+FAR_LEASES = {  # stored start and end; how the API shows them
+    "ends in year 10000": ("9999-12-01 00:00:00+00", "10000-01-01 00:00:00+00",
+                           "9999-12-01T00:00:00Z", "9999-12-31T23:59:59.999999Z"),
+    "before year 1": ("0002-01-01 00:00:00+00 BC", "0002-02-01 00:00:00+00 BC",
+                      "0001-01-01T00:00:00Z", "0001-01-01T00:00:00Z"),
+    "infinite": ("-infinity", "infinity", "0001-01-01T00:00:00Z",
+                 "9999-12-31T23:59:59.999999Z"),
+}
+_LEASE_BY_HAND = """
+INSERT INTO allocations (machine_id, machine_name, tenant_id, start_time, expires_at,
+                         duration_months)
+VALUES ('m1', 'm1', $1, $2::text::timestamptz, $3::text::timestamptz, 1)
+RETURNING id
+"""
+
+
+async def _lease_by_hand(admin, db, tenant, case):
+    """Machine m1 leased to ``tenant`` with the dates of one FAR_LEASES case; its id."""
+    await admin.machine("m1")
+    await db.execute("UPDATE machines SET allocation_status = 'allocated', tenant_id = $1",
+                     tenant)
+    start, end, _, _ = FAR_LEASES[case]
+    return f"alloc-{await db.fetchval(_LEASE_BY_HAND, tenant, start, end)}"
+
+
+@pytest.fixture(params=list(FAR_LEASES))
+async def far_lease(request, admin, tenant, db):
+    """One FAR_LEASES case stored: its allocation id and how its dates are shown."""
+    _, _, shown_start, shown_end = FAR_LEASES[request.param]
+    return await _lease_by_hand(admin, db, tenant, request.param), shown_start, shown_end
+
+
+async def test_every_view_of_a_lease_with_far_dates_answers(client, admin, accounts, tenant,
+                                                            far_lease):
+    allocation_id, shown_start, shown_end = far_lease
+    customer = await Api.login(client, await accounts.user("carol", "customer",
+                                                           tenant_id=tenant))
+    for api, path in [(admin, MACHINES), (admin, f"{MACHINES}/m1"), (admin, ALLOCATIONS),
+                      (admin, f"{ALLOCATIONS}/recent"), (customer, "/api/v1/customer/machines"),
+                      (customer, "/api/v1/customer/machines/m1/connection"),
+                      (customer, "/api/v1/customer/machines/m1/metrics")]:
+        status, body = await api.get(path)
+        assert status == 200, (path, body)
+    [item] = (await admin.ok("GET", ALLOCATIONS))["list"]
+    assert (item["id"], item["start_time"], item["expires_at"]) == (allocation_id, shown_start,
+                                                                    shown_end)
+    assert (await admin.ok("GET", f"{MACHINES}/m1"))["expires_at"] == shown_end
+
+
+async def test_the_lease_jobs_run_over_a_lease_with_far_dates(client, far_lease):
+    await client.app[PERIODIC]["lease_expiry"]._job()  # raises if any step fails
+
+
+async def test_a_lease_with_far_dates_can_be_force_reclaimed(admin, db, far_lease):
+    await admin.ok("POST", f"{MACHINES}/m1/reclaim", {"reason": "repair", "force": True})
+    assert await db.fetchval("SELECT status FROM allocations") == "reclaimed"
+    assert await _machine_state(db, "m1") == ("idle", None)
+
+
+@pytest.mark.parametrize("case", ["ends in year 10000", "infinite"])
+async def test_renewing_a_lease_past_year_9999_is_40001_and_changes_nothing(admin, db, tenant,
+                                                                            case):
+    allocation_id = await _lease_by_hand(admin, db, tenant, case)
+    before = await db.fetchrow("SELECT expires_at::text, duration_months FROM allocations")
+    status, body = await admin.post(f"{ALLOCATIONS}/{allocation_id}/renew",
+                                    {"duration_months": 1})
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (
+        400, 40001, "duration_months"), body
+    assert await db.fetchrow("SELECT expires_at::text, duration_months FROM allocations") == (
+        before)

@@ -122,7 +122,7 @@ async def test_records_survive_a_database_outage_and_are_written_after(make_app,
 
 
 async def test_writes_are_refused_before_they_run_while_the_trail_cannot_keep_records(
-        make_app, aiohttp_client, pg_proxy, db):
+        make_app, aiohttp_client, pg_proxy, db, scrape):
     proxy, url = pg_proxy
     client = await aiohttp_client(make_app(database_url=url, audit_queue_max=3,
                                            audit_flush_interval_s=60))
@@ -135,7 +135,7 @@ async def test_writes_are_refused_before_they_run_while_the_trail_cannot_keep_re
     assert answers == [(404, None, 40401)] * 3 + [(503, "5", 50301)] * 2
     trail = client.app[AUDIT]
     assert (trail.pending, trail.dropped) == (3, 0)
-    metrics = await (await client.get("/metrics")).text()
+    metrics = await scrape(client)
     assert "remotegpu_audit_dropped_total 0.0" in metrics
     assert "remotegpu_audit_pending 3.0" in metrics
     await proxy.restore()
@@ -179,7 +179,8 @@ async def test_audit_list_filters_and_pages_newest_first(client, accounts, db):
     assert [item["path"] for item in page["list"]] == ["/api/v1/things/9", "/api/v1/things/2"]
     item = page["list"][0]
     assert set(item) == {"id", "user_id", "username", "tenant_id", "ip", "method", "path",
-                         "body", "status", "trace_id", "duration_ms", "created_at"}
+                         "body", "status", "trace_id", "duration_ms", "created_at",
+                         "api_key_id"}
     assert item["created_at"].endswith("Z")
 
     _, body = await call(client, "GET", AUDIT_LOGS + "?method=DELETE",
@@ -236,6 +237,28 @@ async def test_audit_list_time_window(client, accounts, db):
     status, body = await call(client, "GET", AUDIT_LOGS + "?from=yesterday",
                               token=tokens["access_token"])
     assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001, "from")
+
+
+async def test_a_user_id_filter_beyond_64_bits_is_40001(client, accounts):
+    tokens = await login(client, await accounts.user("root-admin"))
+    status, body = await call(client, "GET", AUDIT_LOGS + f"?user_id={2**63}",
+                              token=tokens["access_token"])
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001,
+                                                                          "user_id")
+
+
+async def test_a_from_filter_in_year_1_is_40001(client, accounts):
+    tokens = await login(client, await accounts.user("root-admin"))
+    status, body = await call(client, "GET", AUDIT_LOGS + "?from=0001-01-01T00:00:00%2B01:00",
+                              token=tokens["access_token"])
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001, "from")
+
+
+async def test_a_to_filter_in_year_9999_is_40001(client, accounts):
+    tokens = await login(client, await accounts.user("root-admin"))
+    status, body = await call(client, "GET", AUDIT_LOGS + "?to=9999-12-31T23:59:59-01:00",
+                              token=tokens["access_token"])
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001, "to")
 
 
 async def test_audit_list_needs_audit_read(client, accounts):

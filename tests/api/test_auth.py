@@ -10,8 +10,9 @@ import jwt
 import pytest
 
 from api.keys import REDIS, REDIS_KEYS
+from storage.cache import Keys
 from storage.revocations import Revocations
-from tests.helpers import call, login
+from tests.helpers import call, eventually, login
 
 LOGIN = "/api/v1/auth/login"
 REFRESH = "/api/v1/auth/refresh"
@@ -127,6 +128,117 @@ async def test_successful_login_resets_the_username_failure_count(make_app, aioh
                                json={"username": user.username, "password": "bad-pw!"})
         assert status == 401
     await login(client, user)
+
+
+async def test_concurrent_bad_passwords_for_one_username_evaluate_exactly_its_limit(
+        client, accounts, settings):
+    user = await accounts.user("root-admin")
+    results = await asyncio.gather(*[
+        call(client, "POST", LOGIN, json={"username": user.username, "password": "wrong-pass"})
+        for _ in range(60)])
+    statuses = [status for status, _ in results]
+    limit = settings.login_max_failures
+    assert (statuses.count(401), statuses.count(429)) == (limit, 60 - limit)
+
+
+async def test_concurrent_attempts_from_one_ip_evaluate_exactly_its_limit(client, settings):
+    results = await asyncio.gather(*[
+        call(client, "POST", LOGIN, json={"username": f"nobody-{i}", "password": "wrong-pass"})
+        for i in range(120)])
+    statuses = [status for status, _ in results]
+    limit = settings.login_max_failures * 5
+    assert (statuses.count(401), statuses.count(429)) == (limit, 120 - limit)
+
+
+async def _bad_login(client) -> int:
+    status, _ = await call(client, "POST", LOGIN,
+                           json={"username": "root-admin", "password": "wrong-pass"})
+    return status
+
+
+async def _refused_for(client, user) -> int:
+    """The Retry-After of a login with the right password, which must be refused."""
+    resp = await client.post(LOGIN, json={"username": user.username, "password": user.password})
+    assert resp.status == 429
+    assert (await resp.json())["code"] == 42901
+    return int(resp.headers["Retry-After"])
+
+
+async def test_a_locked_out_username_waits_the_first_lockout_not_the_window(
+        make_app, aiohttp_client, accounts):
+    client = await aiohttp_client(make_app(login_max_failures=3, login_window_s=1000,
+                                           login_lockout_s=100))
+    user = await accounts.user("root-admin")
+    assert [await _bad_login(client) for _ in range(3)] == [401] * 3
+    assert 50 < await _refused_for(client, user) <= 100
+
+
+async def test_each_failure_after_a_lockout_locks_again_twice_as_long_up_to_the_window(
+        make_app, aiohttp_client, accounts, redis_client, redis_prefix):
+    client = await aiohttp_client(make_app(login_max_failures=2, login_window_s=1000,
+                                           login_lockout_s=100))
+    user = await accounts.user("root-admin")
+    assert [await _bad_login(client) for _ in range(2)] == [401] * 2
+    waits = []
+    for _ in range(5):
+        waits.append(await _refused_for(client, user))
+        await redis_client.delete(Keys(redis_prefix).login_lock(user.username))  # it ran out
+        assert await _bad_login(client) == 401  # one failure is enough to lock it again
+    # Retry-After counts down from each lock-out's length (margins for a slow machine).
+    for wait, lockout in zip(waits, [100, 200, 400, 800, 1000], strict=True):
+        assert lockout - 50 < wait <= lockout
+
+
+async def test_a_lockout_ends_by_itself(make_app, aiohttp_client, accounts):
+    client = await aiohttp_client(make_app(login_max_failures=2, login_lockout_s=2))
+    user = await accounts.user("root-admin")
+    assert [await _bad_login(client) for _ in range(2)] == [401] * 2
+    await _refused_for(client, user)
+
+    async def logged_in() -> bool:
+        resp = await client.post(LOGIN, json={"username": user.username,
+                                              "password": user.password})
+        return resp.status == 200
+
+    await eventually(logged_in, what="the lock-out over")
+
+
+async def test_a_successful_login_makes_the_next_lockout_short_again(
+        make_app, aiohttp_client, accounts, redis_client, redis_prefix):
+    client = await aiohttp_client(make_app(login_max_failures=2, login_window_s=1000,
+                                           login_lockout_s=100))
+    user = await accounts.user("root-admin")
+    lock = Keys(redis_prefix).login_lock(user.username)
+    assert [await _bad_login(client) for _ in range(2)] == [401] * 2
+    await redis_client.delete(lock)  # it ran out
+    assert await _bad_login(client) == 401  # locked again: the next would last 400 s
+    await redis_client.delete(lock)
+    await login(client, user)
+    assert [await _bad_login(client) for _ in range(2)] == [401] * 2
+    assert 50 < await _refused_for(client, user) <= 100
+
+
+async def test_an_ip_at_its_limit_waits_until_its_window_ends(make_app, aiohttp_client,
+                                                              accounts):
+    client = await aiohttp_client(make_app(login_max_failures=1, login_window_s=1000,
+                                           login_lockout_s=1))
+    for i in range(5):
+        status, _ = await call(client, "POST", LOGIN,
+                               json={"username": f"nobody-{i}", "password": "wrong-pass"})
+        assert status == 401
+    assert 950 < await _refused_for(client, await accounts.user("root-admin")) <= 1000
+
+
+async def test_successful_logins_do_not_use_up_the_ip_limit(make_app, aiohttp_client,
+                                                            accounts):
+    client = await aiohttp_client(make_app(login_max_failures=1))  # 5 per IP
+    user = await accounts.user("root-admin")
+    for _ in range(8):
+        await login(client, user)
+    for i in range(5):
+        status, _ = await call(client, "POST", LOGIN,
+                               json={"username": f"nobody-{i}", "password": "wrong-pass"})
+        assert status == 401
 
 
 async def test_refresh_rotates_the_refresh_token(client, accounts):

@@ -508,3 +508,135 @@ async def test_customer_token_is_refused_on_customer_management(client, admin, d
 async def test_customer_management_without_a_token_is_40101(client, method, path):
     status, body = await call(client, method, path, json={} if method == "POST" else None)
     assert (status, body["code"]) == (401, 40101)
+
+
+# --- detail and changes -------------------------------------------------------------------
+
+DEFAULT_QUOTA = 10995116277760
+DETAIL_FIELDS = ITEM_FIELDS | {"users", "storage_quota_bytes", "storage_used_bytes"}
+
+
+async def _dataset(db, tenant_id: int, size: int, status: str) -> None:
+    await db.execute(
+        "INSERT INTO datasets (tenant_id, filename, size, status, object_key, chunk_size, "
+        "part_count) VALUES ($1, 'd.bin', $2, $3, gen_random_uuid()::text, $2, 1)",
+        tenant_id, size, status)
+
+
+async def test_detail_is_the_item_with_its_users_and_the_default_quota(admin, accounts):
+    data = await _create(admin, contact_email="ann@acme.example")
+    await admin.ok("POST", "/api/v1/admin/users", {"username": "bob", "password": "p" * 8,
+                                                   "role": "customer",
+                                                   "tenant_id": data["id"]})
+    await _create(admin, "Other Corp", "eve")
+    detail = await admin.ok("GET", f"{CUSTOMERS}/{data['id']}")
+    assert set(detail) == DETAIL_FIELDS
+    assert (detail["name"], detail["contact_email"], detail["status"]) == \
+        ("Acme Corp", "ann@acme.example", "active")
+    assert [(u["username"], u["role"], u["tenant_id"], u["tenant_name"])
+            for u in detail["users"]] == [("alice", "customer", data["id"], "Acme Corp"),
+                                          ("bob", "customer", data["id"], "Acme Corp")]
+    assert (detail["storage_quota_bytes"], detail["storage_used_bytes"]) == (DEFAULT_QUOTA, 0)
+
+
+async def test_detail_quota_follows_the_setting_until_one_is_set(make_app, aiohttp_client,
+                                                                 accounts):
+    client = await aiohttp_client(make_app(tenant_quota_bytes=1000))
+    admin = await Api.login(client, await accounts.user("root-admin"))
+    tenant_id = await accounts.tenant()
+    assert (await admin.ok("GET", f"{CUSTOMERS}/{tenant_id}"))["storage_quota_bytes"] == 1000
+    await admin.ok("PATCH", f"{CUSTOMERS}/{tenant_id}", {"storage_quota_bytes": 5})
+    assert (await admin.ok("GET", f"{CUSTOMERS}/{tenant_id}"))["storage_quota_bytes"] == 5
+
+
+async def test_storage_used_sums_the_datasets_not_failed(admin, accounts, db):
+    tenant_id = await accounts.tenant()
+    other = await accounts.tenant("Other Corp")
+    for size, status in [(100, "ready"), (20, "processing"), (3, "uploading"), (4000, "error")]:
+        await _dataset(db, tenant_id, size, status)
+    await _dataset(db, other, 50000, "ready")
+    detail = await admin.ok("GET", f"{CUSTOMERS}/{tenant_id}")
+    assert detail["storage_used_bytes"] == 123
+
+
+@pytest.mark.parametrize("tenant_id", ["0", "999", "9223372036854775808", "x", "-1", "01"])
+async def test_detail_or_change_of_an_unknown_customer_is_40401(admin, tenant_id):
+    for method, body in (("GET", None), ("PATCH", {"name": "New"})):
+        status, answer = await call(admin.client, method, f"{CUSTOMERS}/{tenant_id}",
+                                    token=admin.token, json=body)
+        assert (status, answer["code"]) == (404, 40401)
+
+
+async def test_change_sets_only_the_fields_sent(admin, db):
+    data = await _create(admin, contact_name="Ann", contact_email="ann@acme.example")
+    detail = await admin.ok("PATCH", f"{CUSTOMERS}/{data['id']}",
+                            {"name": " Acme Ltd ", "storage_quota_bytes": 0})
+    assert set(detail) == DETAIL_FIELDS
+    assert (detail["name"], detail["contact_name"], detail["contact_email"],
+            detail["storage_quota_bytes"]) == ("Acme Ltd", "Ann", "ann@acme.example", 0)
+    assert [u["username"] for u in detail["users"]] == ["alice"]
+
+
+async def test_change_with_null_clears_contacts_and_restores_the_default_quota(admin, db):
+    data = await _create(admin, contact_name="Ann", contact_email="ann@acme.example")
+    await admin.ok("PATCH", f"{CUSTOMERS}/{data['id']}", {"storage_quota_bytes": 7})
+    detail = await admin.ok("PATCH", f"{CUSTOMERS}/{data['id']}",
+                            {"contact_name": None, "contact_email": None,
+                             "storage_quota_bytes": None})
+    assert (detail["contact_name"], detail["contact_email"], detail["storage_quota_bytes"]) \
+        == (None, None, DEFAULT_QUOTA)
+    assert await db.fetchval("SELECT storage_quota_bytes FROM tenants WHERE id = $1",
+                             data["id"]) is None
+
+
+async def test_change_with_an_empty_body_changes_nothing(admin):
+    data = await _create(admin)
+    before = await admin.ok("GET", f"{CUSTOMERS}/{data['id']}")
+    assert await admin.ok("PATCH", f"{CUSTOMERS}/{data['id']}", {}) == before
+
+
+async def test_change_to_a_taken_name_is_40902_and_changes_nothing(admin, db):
+    data = await _create(admin)
+    await _create(admin, "Other Corp", "eve")
+    status, body = await admin.patch(f"{CUSTOMERS}/{data['id']}", {"name": "OTHER corp"})
+    assert (status, body["code"], body["data"]) == (409, 40902, {"field": "name"})
+    assert await db.fetchval("SELECT name FROM tenants WHERE id = $1", data["id"]) == \
+        "Acme Corp"
+
+
+@pytest.mark.parametrize(("changes", "field"), [
+    ({"name": None}, "name"),
+    ({"name": ""}, "name"),
+    ({"name": "n" * 129}, "name"),
+    ({"name": 5}, "name"),
+    ({"contact_email": "not-an-email"}, "contact_email"),
+    ({"contact_name": "c" * 129}, "contact_name"),
+    ({"storage_quota_bytes": -1}, "storage_quota_bytes"),
+    ({"storage_quota_bytes": 2**63}, "storage_quota_bytes"),
+    ({"storage_quota_bytes": "10"}, "storage_quota_bytes"),
+    ({"storage_quota_bytes": 1.5}, "storage_quota_bytes"),
+    ({"status": "disabled"}, "status"),
+    ({"username": "bob"}, "username"),
+])
+async def test_change_with_a_bad_field_is_40001_naming_it_and_changes_nothing(admin, db,
+                                                                              changes, field):
+    data = await _create(admin)
+    status, body = await admin.patch(f"{CUSTOMERS}/{data['id']}", changes)
+    assert (status, body["code"]) == (400, 40001), body
+    assert [e["field"] for e in body["data"]["errors"]] == [field]
+    row = await db.fetchrow("SELECT name, status, storage_quota_bytes FROM tenants "
+                            "WHERE id = $1", data["id"])
+    assert tuple(row) == ("Acme Corp", "active", None)
+
+
+async def test_change_is_403_for_operators_and_customers(client, admin, accounts, db):
+    data = await _create(admin)
+    operator = await Api.login(client, await accounts.user("ops", "operator"))
+    customer = await Api.login(client, _account(data))
+    for api in (operator, customer):
+        status, body = await api.patch(f"{CUSTOMERS}/{data['id']}", {"name": "Mine"})
+        assert (status, body["code"]) == (403, 40301)
+    status, body = await customer.get(f"{CUSTOMERS}/{data['id']}")
+    assert (status, body["code"]) == (403, 40301)
+    assert await db.fetchval("SELECT name FROM tenants WHERE id = $1", data["id"]) == \
+        "Acme Corp"

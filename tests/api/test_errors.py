@@ -47,6 +47,21 @@ async def test_wrong_content_type_is_40002(client):
     _assert_envelope(await resp.json(), 40002)
 
 
+async def test_a_json_endpoint_given_multipart_is_40002(client):
+    resp = await client.post("/api/v1/auth/login", data=b"--zz\r\n\r\nx\r\n--zz--\r\n",
+                             headers={"Content-Type": "multipart/form-data; boundary=zz"})
+    assert resp.status == 400
+    _assert_envelope(await resp.json(), 40002)
+
+
+async def test_a_body_that_cannot_be_decoded_as_its_content_encoding_says_is_40002(client):
+    resp = await client.post("/api/v1/auth/login", data=b"this is not gzip",
+                             headers={"Content-Type": "application/json",
+                                      "Content-Encoding": "gzip"})
+    assert resp.status == 400
+    _assert_envelope(await resp.json(), 40002)
+
+
 async def test_wrong_json_types_are_40001_with_one_entry_per_field(client):
     status, body = await call(client, "POST", "/api/v1/auth/login",
                               json={"username": ["x"], "password": 12345678})
@@ -54,6 +69,21 @@ async def test_wrong_json_types_are_40001_with_one_entry_per_field(client):
     _assert_envelope(body, 40001)
     assert sorted(e["field"] for e in body["data"]["errors"]) == ["password", "username"]
     assert all(e["message"] for e in body["data"]["errors"])
+
+
+async def test_an_unknown_body_field_is_40001_naming_it(client):
+    status, body = await call(client, "POST", "/api/v1/auth/login",
+                              json={"username": "a", "password": "b", "remember_me": True})
+    assert status == 400
+    _assert_envelope(body, 40001)
+    assert body["data"]["errors"] == [{"field": "remember_me", "message": "unknown field"}]
+
+
+async def test_unknown_query_parameters_are_ignored(client, accounts):
+    tokens = await login(client, await accounts.user("root-admin"))
+    status, _ = await call(client, "GET", "/api/v1/admin/audit-logs?_=1700000000",
+                           token=tokens["access_token"])
+    assert status == 200
 
 
 async def test_oversized_body_is_an_enveloped_41301(make_app, aiohttp_client):

@@ -469,7 +469,101 @@ async def test_more_csv_rows_than_the_limit_is_rejected(admin, db, monkeypatch):
     assert await machine_count(db) == 0
 
 
+def streamed_xlsx(rows: int) -> bytes:
+    """A header and ``rows`` one-cell rows, written as a stream: small on disk, and with no
+    <dimension> element, so a reader learns its size only by reading it all."""
+    workbook = Workbook(write_only=True)
+    sheet = workbook.create_sheet()
+    sheet.append(list(HEADER))
+    for i in range(rows):
+        sheet.append([f"x{i}"])
+    out = io.BytesIO()
+    workbook.save(out)
+    return out.getvalue()
+
+
+async def test_one_row_more_than_the_cap_is_refused_with_the_row_error(admin, db):
+    status, body = await upload(admin, streamed_xlsx(imports.MAX_ROWS + 1), dry_run=True)
+    assert_rejected(status, body)
+    assert errors_of(body) == [(imports.MAX_ROWS + 2, None)]
+    assert "too many rows" in body["data"]["errors"][0]["message"]
+
+
+async def test_rows_after_the_cap_are_never_parsed(admin, db, monkeypatch):
+    # The sheet's XML breaks off after the cap: reading on would find it unreadable. (A
+    # sheet with a <dimension>, as spreadsheet programs write them; without one, openpyxl
+    # reads the sheet once to size it, which MAX_XLSX_EXPANDED_BYTES bounds.)
+    monkeypatch.setattr(imports, "MAX_ROWS", 50)
+    rows = [(f"x{i}", f"n{i}", "10.0.0.1", "A100", 1) for i in range(200)]
+    data = _with_broken_sheet(xlsx(HEADER, *rows), cut_at=b'<row r="60"')
+    status, body = await upload(admin, data)
+    assert_rejected(status, body)
+    assert errors_of(body) == [(52, None)]
+    assert "too many rows" in body["data"]["errors"][0]["message"]
+
+
+async def test_a_workbook_that_decompresses_past_the_bound_is_413_before_it_is_read(
+        admin, db, monkeypatch):
+    data = streamed_xlsx(2000)
+    assert len(data) < 50_000 < imports._expanded_size(data)
+    monkeypatch.setattr(imports, "MAX_XLSX_EXPANDED_BYTES", 50_000)
+    status, body = await upload(admin, data)
+    assert (status, body["code"]) == (413, 41301), body
+    assert await machine_count(db) == 0
+
+
+async def test_xlsx_columns_after_the_cap_are_not_read(admin, db):
+    header = [*HEADER, *[None] * (imports.MAX_COLUMNS - len(HEADER)), "not read"]
+    status, body = await upload(admin, xlsx(header, ("x1", "one", "10.0.0.1", "A100", 1)))
+    assert status == 200, body
+    assert await machine_count(db) == 1
+
+
+async def test_a_sheet_claiming_the_widest_range_is_read_in_its_first_columns(admin, db):
+    workbook = Workbook()
+    sheet = workbook.active
+    sheet.append(list(HEADER))
+    sheet.append(["x1", "one", "10.0.0.1", "A100", 1])
+    sheet.cell(row=3, column=16384, value="far right")  # dimension A1:XFD3
+    out = io.BytesIO()
+    workbook.save(out)
+    status, body = await upload(admin, out.getvalue())
+    assert status == 200, body
+    assert await machine_count(db) == 1
+
+
+async def test_csv_columns_after_the_cap_are_not_read(admin, db):
+    header = ",".join([*HEADER, *[""] * (imports.MAX_COLUMNS - len(HEADER)), "not read"])
+    status, body = await upload(admin, csv_bytes(header, "c1,one,10.0.0.1,A100,1"), "m.csv")
+    assert status == 200, body
+    assert await machine_count(db) == 1
+
+
+async def test_csv_field_beyond_the_csv_reader_limit_is_a_row_error_not_a_500(admin, db):
+    data = csv_bytes(",".join(HEADER), "c1,one,10.0.0.1,A100,1",
+                     f'c2,"{"x" * 200_000}",10.0.0.2,A100,1')
+    status, body = await upload(admin, data, "m.csv")
+    assert_rejected(status, body)
+    assert errors_of(body) == [(3, None)]
+    assert await machine_count(db) == 0
+
+
 # --- malformed uploads -------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("content_type", "payload"), [
+    ("multipart/form-data", b"anything"),  # no boundary
+    ("multipart/form-data; boundary=" + "b" * 71, b"--" + b"b" * 71 + b"\r\n"),  # too long
+    ("multipart/form-data; boundary=zz", b"no boundary in here\r\n"),
+    ("multipart/form-data; boundary=zz", b"--zz\r\nnot a header line\r\n\r\nx\r\n--zz--\r\n"),
+    ("multipart/form-data; boundary=zz",  # a `_charset_` part longer than any charset
+     b'--zz\r\nContent-Disposition: form-data; name="_charset_"\r\n\r\n' + b"u" * 40
+     + b"\r\n--zz--\r\n"),
+])
+async def test_malformed_multipart_is_40002(admin, db, content_type, payload):
+    status, body = await admin.post(IMPORT, data=payload, headers={"Content-Type": content_type})
+    assert (status, body["code"]) == (400, 40002), body
+    assert await machine_count(db) == 0
 
 
 @pytest.mark.parametrize("filename", ["machines.txt", "machines.xls", "machines", "m.xlsx.exe"])
@@ -531,15 +625,16 @@ async def test_nul_character_in_a_cell_is_a_row_error_not_a_500(admin, db):
     assert await machine_count(db) == 0
 
 
-def _with_broken_sheet(data: bytes) -> bytes:
-    """A well-formed .xlsx package whose worksheet XML is cut off half way."""
+def _with_broken_sheet(data: bytes, cut_at: bytes | None = None) -> bytes:
+    """A well-formed .xlsx package whose worksheet XML is cut off half way, or where
+    ``cut_at`` first occurs."""
     source = zipfile.ZipFile(io.BytesIO(data))
     out = io.BytesIO()
     with zipfile.ZipFile(out, "w") as target:
         for item in source.infolist():
             content = source.read(item.filename)
             if item.filename == "xl/worksheets/sheet1.xml":
-                content = content[: len(content) // 2]
+                content = content[: content.index(cut_at) if cut_at else len(content) // 2]
             target.writestr(item, content)
     return out.getvalue()
 

@@ -64,6 +64,15 @@ async def test_create_validates_every_field(admin):
     assert fields == {"id", "name", "ip", "gpu_count", "ssh_port", "labels.k"}
 
 
+async def test_create_with_an_unknown_field_is_40001_naming_it(admin, db):
+    status, body = await admin.post(MACHINES, {"name": "x", "ip": "10.0.0.1",
+                                               "gpu_model": "A100", "gpu_count": 8,
+                                               "gpu_mem_gb": 80})
+    assert (status, body["code"], body["data"]["errors"]) == (
+        400, 40001, [{"field": "gpu_mem_gb", "message": "unknown field"}])
+    assert await db.fetchval("SELECT count(*) FROM machines") == 0
+
+
 async def test_create_rejects_numbers_sent_as_strings(admin):
     status, body = await admin.post(MACHINES, {"name": "x", "ip": "10.0.0.1",
                                                "gpu_model": "A100", "gpu_count": "8"})
@@ -112,6 +121,13 @@ async def test_patch_refuses_state_fields(admin, field):
     assert (status, body["code"]) == (400, 40001)
     assert [e["field"] for e in body["data"]["errors"]] == [field]
     assert (await admin.ok("GET", f"{MACHINES}/m1"))["name"] == "m1"
+
+
+async def test_patch_with_an_unknown_field_is_40001_naming_it(admin):
+    await admin.machine("m1")
+    status, body = await admin.patch(f"{MACHINES}/m1", {"nmae": "typo"})
+    assert (status, body["data"]["errors"]) == (400, [{"field": "nmae",
+                                                       "message": "unknown field"}])
 
 
 async def test_patch_null_on_a_required_field_is_40001(admin):
@@ -281,6 +297,18 @@ async def test_list_rejects_unknown_filter_values(admin):
     status, body = await admin.get(f"{MACHINES}?status=sleeping&tenant_id=x")
     assert status == 400
     assert {e["field"] for e in body["data"]["errors"]} == {"status", "tenant_id"}
+
+
+async def test_a_tenant_id_filter_beyond_64_bits_is_40001(admin):
+    status, body = await admin.get(f"{MACHINES}?tenant_id={2**63}")
+    assert (status, body["code"], body["data"]["errors"][0]["field"]) == (400, 40001,
+                                                                          "tenant_id")
+
+
+@pytest.mark.parametrize("machine_id", ["m" * 65, "bad%20id", "m%00"])
+async def test_a_path_id_that_is_no_machine_id_is_40401(admin, machine_id):
+    status, body = await admin.get(f"{MACHINES}/{machine_id}")
+    assert (status, body["code"]) == (404, 40401)
 
 
 async def test_customer_cannot_use_admin_machine_routes(client, accounts):

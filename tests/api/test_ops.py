@@ -119,13 +119,10 @@ async def test_request_without_postgres_is_503_and_recovers(make_app, aiohttp_cl
     assert status == 200
 
 
-async def test_metrics_count_requests_by_route_template_and_status(client):
+async def test_metrics_count_requests_by_route_template_and_status(client, scrape):
     await client.get("/healthz")
     await client.get("/nowhere/at/all")
-    resp = await client.get("/metrics")
-    text = await resp.text()
-    assert resp.status == 200
-    assert resp.headers["Content-Type"].startswith("text/plain")
+    text = await scrape(client)
     assert 'remotegpu_http_requests_total{method="GET",route="/healthz",status="200"} 1.0' in text
     assert 'route="unmatched",status="404"' in text
     assert "remotegpu_http_request_duration_seconds_bucket" in text

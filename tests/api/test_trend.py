@@ -200,10 +200,21 @@ async def test_trend_of_one_machine_uses_only_its_samples(admin, db):
     now = int(time.time())
     samples = samples_at(spread(now, 3600, 60))
     await seed(db, samples)
+    await admin.machine("m2")
     mine = [s for s in samples if s.machine == "m2"]
     assert await trend(admin, "1h", machine_id="m2") == {"interval": 60,
                                                          "points": expected(mine, 60)}
-    assert await trend(admin, "1h", machine_id="nope") == {"interval": 60, "points": []}
+
+
+async def test_trend_of_a_quiet_machine_has_no_points(admin):
+    await admin.machine("m1")
+    assert await trend(admin, "1h", machine_id="m1") == {"interval": 60, "points": []}
+
+
+async def test_trend_of_an_unknown_machine_is_40401(admin, db):
+    await seed(db, samples_at([int(time.time())]))  # samples, but of no registered machine
+    status, body = await admin.get(TREND, params={"range": "1h", "machine_id": "m1"})
+    assert (status, body["code"]) == (404, 40401)
 
 
 async def test_trend_of_a_quiet_fleet_has_no_points(admin):

@@ -27,6 +27,7 @@ def env(settings):
         "REMOTEGPU_JWT_SECRET": settings.jwt_secret,
         "REMOTEGPU_ARGON2_TIME_COST": "1",
         "REMOTEGPU_ARGON2_MEMORY_KIB": "1024",
+        "REMOTEGPU_METRICS_PORT": "0",  # a hub running on this machine may hold the default
     }
 
 
@@ -179,6 +180,36 @@ async def test_serve_answers_then_stops_cleanly_on_sigterm_writing_the_audit_tra
     assert [line["event_loop"] for line in lines if line["msg"] == "serving"] == ["uvloop"]
     written = "SELECT count(*) FROM audit_logs WHERE path = '/api/v1/auth/login'"
     assert await db.fetchval(written) == 1
+
+
+async def test_serve_serves_metrics_on_the_metrics_port_only(env, db):
+    port, metrics_port = _free_port(), _free_port()
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "hub.cli", "serve", "--port", str(port),
+        env={**env, "REMOTEGPU_METRICS_PORT": str(metrics_port)},
+        stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL)
+    try:
+        async with aiohttp.ClientSession() as session:
+            await _wait_until_serving(session, f"http://127.0.0.1:{port}")
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as resp:
+                assert resp.status == 404
+            async with session.get(f"http://127.0.0.1:{metrics_port}/metrics") as resp:
+                assert resp.status == 200
+                assert "remotegpu_ingest_rows_written_total" in await resp.text()
+    finally:
+        proc.terminate()
+        await proc.wait()
+
+
+def test_serve_on_a_metrics_port_in_use_exits_1_with_one_line(env):
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        result = remotegpu({**env, "REMOTEGPU_METRICS_PORT": str(taken.getsockname()[1])},
+                           "serve", "--port", str(_free_port()))
+    assert result.returncode == 1
+    [line] = [line for line in result.stderr.splitlines() if not line.startswith("{")]
+    assert line.startswith("remotegpu: cannot serve metrics on 127.0.0.1:")
 
 
 async def test_serve_listens_with_a_backlog_for_a_fleet_reconnecting_at_once(env, db):

@@ -252,18 +252,19 @@ async def test_customers_receive_only_their_own_tenants_machines(client, admin, 
     assert a.of("welcome")[0]["data"]["topics"] == [f"tenant_{alice.tenant_id}_monitoring"]
     assert b.of("welcome")[0]["data"]["topics"] == [f"tenant_{bob.tenant_id}_monitoring"]
     async with _streaming(client, list(tokens.values())):
-        await asyncio.sleep(1.5)
-        await a.wait_for(_update_of("a1"), "an update of a1")
-        await b.wait_for(_update_of("b1"), "an update of b1")
+        for machine_id, dashboard in (("a1", a), ("a2", a), ("b1", b)):
+            await dashboard.wait_for(_update_of(machine_id), f"an update of {machine_id}")
+        for dashboard in (a, b):  # a stream of updates, not only the initial state
+            await _eventually(lambda d=dashboard: len(d.of("monitoring_update")) > 4,
+                              what="more than 4 updates")
+        await _eventually(lambda: {"a1", "a2", "b1", "free"} <= everyone.machine_ids(),
+                          what="every machine on the admin's dashboard")
     assert a.machine_ids() == {"a1", "a2"}
     assert b.machine_ids() == {"b1"}
     for dashboard, tenant_id in ((a, alice.tenant_id), (b, bob.tenant_id)):
-        updates = dashboard.of("monitoring_update")
-        assert len(updates) > 4  # a stream of updates, not only the initial state
         assert {m["topic"] for m in dashboard.messages if "topic" in m} == {
             f"tenant_{tenant_id}_monitoring"}
         assert not dashboard.of("monitoring_snapshot")
-    assert {"a1", "a2", "b1", "free"} <= everyone.machine_ids()
 
 
 async def test_several_frames_within_one_tick_make_one_update_per_machine(client, admin,
@@ -592,15 +593,13 @@ def _metrics(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
     return values
 
 
-async def test_metrics_expose_the_dashboard_fanout(client, admin, accounts, connect):
+async def test_metrics_expose_the_dashboard_fanout(client, admin, accounts, connect, scrape):
     alice = await accounts.customer("alice", "Tenant A")
     await connect(client, admin.token)
     await connect(client, (await Api.login(client, alice)).token)
     await connect(client, (await Api.login(client, alice)).token)
     await asyncio.sleep(3 * SNAPSHOT_S)  # a few ticks of each kind
-    resp = await client.get("/metrics")
-    assert resp.status == 200
-    values = _metrics(await resp.text())
+    values = _metrics(await scrape(client))
     assert values[("remotegpu_ws_connections", (("role", "admin"),))] == 1
     assert values[("remotegpu_ws_connections", (("role", "customer"),))] == 2
     assert values[("remotegpu_ws_sockets", ())] == 3

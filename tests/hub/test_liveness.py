@@ -225,8 +225,9 @@ async def test_last_heartbeat_at_is_recorded_with_the_hubs_receive_time(client, 
     await _eventually(advanced, what="last_heartbeat_at advanced")
     seen = await db.fetchval("SELECT last_heartbeat_at FROM machines WHERE id = 'm1'")
     assert seen.timestamp() <= time.time()
+    # the API shows the latest frame's receive time, never older than the recorded one
     item = (await admin.ok("GET", "/api/v1/admin/machines"))["list"][0]
-    assert datetime.fromisoformat(item["last_heartbeat_at"]) == seen
+    assert datetime.fromisoformat(item["last_heartbeat_at"]) >= seen
 
 
 async def test_a_machine_never_heard_from_stays_offline_and_raises_no_alert(client, admin, db):

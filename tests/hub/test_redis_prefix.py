@@ -65,7 +65,7 @@ async def test_serve_on_a_prefix_another_database_owns_exits_in_one_line(
         env={**os.environ, "REMOTEGPU_DATABASE_URL": settings.database_url,
              "REMOTEGPU_REDIS_URL": settings.redis_url,
              "REMOTEGPU_REDIS_PREFIX": settings.redis_prefix,
-             "REMOTEGPU_JWT_SECRET": settings.jwt_secret},
+             "REMOTEGPU_JWT_SECRET": settings.jwt_secret, "REMOTEGPU_METRICS_PORT": "0"},
         stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     _, stderr = await asyncio.wait_for(proc.communicate(), 60)
     assert proc.returncode == 1

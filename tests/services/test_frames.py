@@ -10,7 +10,7 @@ import pytest
 from pydantic import ValidationError
 
 from services.errors import ValidationFailed
-from services.frames import MetricsFrame, _plain_check, check_frame, checked_metrics
+from services.frames import ECC_MAX, MetricsFrame, _plain_check, check_frame, checked_metrics
 from tests.agent_frames import BAD_FRAMES, bad_frames, frame, gpu
 
 GPU_COUNT = 2
@@ -66,10 +66,13 @@ def test_a_good_frame_takes_the_plain_path(case):
     assert _plain_check(GOOD_FRAMES[case], time.time(), GPU_COUNT) is not None
 
 
-# Values that sit on, just inside or just outside some field's rule, or of the wrong type.
+# Values that sit on, just inside or just outside some field's rule, or of the wrong type;
+# numbers no JSON should carry (NaN, infinities) and integers past every column's range.
 EDGES = [0, 1, -1, 0.5, 40, 63, 64, 100, 100.5, 150, 151, -40, -41, 1000, 5000, 5001,
-         4 * 1024 * 1024 + 1, 1_048_577, 1e30, True, False, None, "1", [], {}]
-FRAME_FIELDS = ["cpu_util", "mem_used", "mem_total", "disk_used", "disk_total"]
+         4 * 1024 * 1024 + 1, 1_048_577, 1e30, True, False, None, "1", [], {},
+         float("nan"), float("inf"), float("-inf"), ECC_MAX, ECC_MAX + 1, 2**63, 2**64 - 1,
+         10**30, -(10**30), 10**400]
+FRAME_FIELDS = ["ts", "cpu_util", "mem_used", "mem_total", "disk_used", "disk_total"]
 GPU_FIELDS = ["index", "util", "mem_used", "mem_total", "temp", "power", "xid_errors",
               "ecc_dbe", "remapped_rows_pending"]
 MISSING = object()

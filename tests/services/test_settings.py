@@ -47,12 +47,31 @@ def test_dev_mode_generates_a_secret():
     ("REMOTEGPU_TRUSTED_PROXIES", "10.0.0.0/8,not-a-net"),
     ("REMOTEGPU_DATABASE_URL", "mysql://localhost/x"),
     ("REMOTEGPU_REDIS_URL", "http://localhost"),
+    ("REMOTEGPU_METRICS_PORT", "65536"),
+    ("REMOTEGPU_METRICS_PORT", "-1"),
+    ("REMOTEGPU_METRICS_HOST", "not a host"),
+    ("REMOTEGPU_METRICS_HOST", ""),
 ])
 def test_bad_value_stops_start_up_with_one_line_naming_the_variable(name, value):
     with pytest.raises(SettingsError) as caught:
         Settings.from_env({"REMOTEGPU_JWT_SECRET": SECRET, name: value})
     message = str(caught.value)
     assert message.startswith(name + "=") and "\n" not in message
+
+
+def test_metrics_listen_on_loopback_by_default():
+    settings = Settings.from_env({"REMOTEGPU_JWT_SECRET": SECRET})
+    assert (settings.metrics_host, settings.metrics_port) == ("127.0.0.1", 9464)
+
+
+@pytest.mark.parametrize(("host", "port", "parsed"), [
+    ("0.0.0.0", "0", ("0.0.0.0", 0)), ("::", "9100", ("::", 9100)),
+    (" metrics.internal ", "65535", ("metrics.internal", 65535)),
+])
+def test_metrics_host_and_port_accept_addresses_names_and_0_for_none(host, port, parsed):
+    settings = Settings.from_env({"REMOTEGPU_JWT_SECRET": SECRET,
+                                  "REMOTEGPU_METRICS_HOST": host, "REMOTEGPU_METRICS_PORT": port})
+    assert (settings.metrics_host, settings.metrics_port) == parsed
 
 
 def test_secret_value_is_never_echoed_in_errors():

@@ -195,6 +195,8 @@ async def test_both_variants_answer_the_same_trends_on_the_same_data(db, scratch
               if f.time < now - timedelta(minutes=1)]
     for pool in (plain, db):
         await write(pool, frames)
+        await pool.execute("INSERT INTO machines (id, name, ip, agent_token_hash) "
+                           "VALUES ('fleet-001', 'fleet-001', '10.0.0.1', $1)", b"\x00" * 32)
     # plain: the hub's rollup job; TimescaleDB: its aggregates, refreshed
     await TelemetryMaintenance(plain, DirtyMinutes(redis_client, Keys(redis_prefix)),
                                retention_days=30).rollup()
@@ -220,13 +222,13 @@ async def client(make_app, aiohttp_client, db):
     return await aiohttp_client(make_app(database_url=url))
 
 
-async def test_a_failing_timescaledb_job_shows_in_metrics_and_readyz(client, db):
+async def test_a_failing_timescaledb_job_shows_in_metrics_and_readyz(client, db, scrape):
     await db.execute("CREATE OR REPLACE PROCEDURE test_failing_job(job_id int, config jsonb) "
                      "LANGUAGE plpgsql AS $$ BEGIN RAISE EXCEPTION 'boom'; END $$")
     job = await db.fetchval("SELECT add_job('test_failing_job', '1 day')")
     assert await run_in_background(db, job) == {job: "Failed"}
     await client.app[TIMESCALE_JOBS].refresh()
-    metrics = await (await client.get("/metrics")).text()
+    metrics = await scrape(client)
     assert "remotegpu_timescaledb_jobs_failing 1.0" in metrics
     assert f'remotegpu_timescaledb_job_failed{{job="User-Defined Action [{job}]"}} 1.0' \
         in metrics
