@@ -9,7 +9,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, Field
 
 from api.keys import AUDIT
-from api.models import FilterTime, Page, PageQuery, UserId
+from api.models import Page, PageQuery, UserId, WindowQuery
 from api.routing import Routes
 from services.ids import API_KEY, format_id
 from storage.audit import AuditFilter
@@ -17,14 +17,10 @@ from storage.audit import AuditFilter
 routes = Routes("audit")
 
 
-class AuditQuery(PageQuery):
+class AuditQuery(PageQuery, WindowQuery):
     user_id: UserId | None = None
     method: Literal["POST", "PUT", "PATCH", "DELETE"] | None = None
     path: str | None = Field(None, max_length=512, description="path prefix")
-    since: FilterTime | None = Field(None, alias="from",
-                                     description="inclusive; RFC 3339 with a zone, in 1970..2099")
-    until: FilterTime | None = Field(None, alias="to",
-                                     description="exclusive; RFC 3339 with a zone, in 1970..2099")
 
 
 class AuditLogItem(BaseModel):

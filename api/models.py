@@ -95,6 +95,15 @@ class MachinePath(PathParams):
     id: MachineId
 
 
+class WindowQuery(Query):
+    """A time window ``[from, to)`` in the query string."""
+
+    since: FilterTime | None = Field(None, alias="from",
+                                     description="inclusive; RFC 3339 with a zone, in 1970..2099")
+    until: FilterTime | None = Field(None, alias="to",
+                                     description="exclusive; RFC 3339 with a zone, in 1970..2099")
+
+
 class PageQuery(Query):
     page: int = Field(1, ge=1, le=1_000_000)
     page_size: int = Field(10, ge=1, le=100)

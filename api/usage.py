@@ -7,7 +7,7 @@ from aiohttp import web
 from pydantic import AwareDatetime, BaseModel, ConfigDict, Field
 
 from api.keys import PRINCIPAL, USAGE
-from api.models import FilterTime, Query, TenantId
+from api.models import TenantId, WindowQuery
 from api.routing import Routes
 from services.errors import ErrorCode
 
@@ -19,14 +19,7 @@ _WINDOW = ("The window `[from, to)`: `to` defaults to now, `from` to 30 days bef
            "tenant) still counts for the tenant that held it.")
 
 
-class UsageQuery(Query):
-    since: FilterTime | None = Field(None, alias="from",
-                                     description="inclusive; RFC 3339 with a zone, in 1970..2099")
-    until: FilterTime | None = Field(None, alias="to",
-                                     description="exclusive; RFC 3339 with a zone, in 1970..2099")
-
-
-class CustomerUsageQuery(UsageQuery):
+class AdminUsageQuery(WindowQuery):
     tenant_id: TenantId
 
 
@@ -53,18 +46,18 @@ class Usage(BaseModel):
 
 
 @routes.get("/api/v1/customer/usage", access="tenant:machine:read",
-            summary="What my tenant leased and used", query=UsageQuery, response=Usage,
+            summary="What my tenant leased and used", query=WindowQuery, response=Usage,
             description=_WINDOW)
-async def my_usage(request: web.Request, query: UsageQuery) -> Usage:
+async def my_usage(request: web.Request, query: WindowQuery) -> Usage:
     usage = await request.app[USAGE].of_tenant(request[PRINCIPAL].tenant_id, query.since,
                                                 query.until)
     return Usage.model_validate(usage)
 
 
 @routes.get("/api/v1/admin/usage", access="customer:read",
-            summary="What a customer leased and used", query=CustomerUsageQuery,
+            summary="What a customer leased and used", query=AdminUsageQuery,
             response=Usage, errors=(ErrorCode.NOT_FOUND,),
             description=_WINDOW + " `tenant_id` is required; an unknown one is 404.")
-async def customer_usage(request: web.Request, query: CustomerUsageQuery) -> Usage:
+async def customer_usage(request: web.Request, query: AdminUsageQuery) -> Usage:
     usage = await request.app[USAGE].of_customer(query.tenant_id, query.since, query.until)
     return Usage.model_validate(usage)
